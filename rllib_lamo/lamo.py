@@ -1,0 +1,355 @@
+"""LaMo: a Decision Transformer on a pre-trained, LoRA-adapted causal language model.
+
+`LaMoConfig` holds the paper's recipe as defaults (Shi et al., ICLR 2024, Tables 6-7);
+`LaMo` is the offline `Algorithm` that streams trajectory windows from Parquet shards through
+Ray Data into the learner(s) and evaluates on remote env runners at several target returns.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core import COMPONENT_LEARNER_GROUP, DEFAULT_MODULE_ID
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.checkpoints import Checkpointable
+from ray.rllib.utils.metrics import (
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    OFFLINE_SAMPLING_TIMER,
+    TIMERS,
+)
+from ray.rllib.utils.typing import ResultDict, StateDict
+
+from rllib_lamo.offline_data import LaMoOfflineData
+
+FINETUNE_MODES = ("lora", "full", "frozen")
+EMBEDDING_KINDS = ("mlp", "linear")
+
+
+class LaMoConfig(AlgorithmConfig):
+    """Configuration of a LaMo run; every LaMo knob lives in `.training()`.
+
+    .. code-block:: python
+
+        config = (
+            LaMoConfig()
+            .environment("Hopper-v5")
+            .offline_data(input_="datasets/hopper-medium-v5")
+            .training(language_model="smollm2-135m", lm_num_layers=4, data_ratio=0.1)
+            .evaluation(evaluation_interval=5, evaluation_num_env_runners=2)
+        )
+        algo = config.build()
+    """
+
+    def __init__(self, algo_class: type | None = None):
+        super().__init__(algo_class=algo_class or LaMo)
+        self._is_online = False
+
+        # The language model and how it is fine-tuned (paper: GPT-2 small, LoRA r16/a32 on c_attn).
+        self.language_model = "gpt2"
+        self.lm_num_layers: int | None = None
+        self.lm_pretrained = True
+        self.finetune = "lora"
+        self.lora_rank = 16
+        self.lora_alpha = 32
+        self.lora_dropout = 0.1
+        self.lora_target_modules: list[str] | None = None
+        # Trajectory tokens.
+        self.embedding = "mlp"
+        self.context_len = 20
+        self.max_ep_len = 1000
+        self.rtg_scale = 1000.0
+        self.dropout = 0.1
+        # Auxiliary language-modelling loss (lambda; 0 turns it off).
+        self.language_loss_coeff = 0.1
+        self.text_corpus = "builtin"
+        self.text_block_len = 1024
+        self.text_batch_size = 2
+        # Optimisation: AdamW, linear warmup per gradient step, then constant.
+        self.lr = 1e-4
+        self.lm_lr = 1e-4
+        self.weight_decay = 1e-5
+        self.adam_eps = 1e-6
+        self.warmup_steps = 2500
+        self.grad_clip = 0.25
+        self.grad_clip_by = "global_norm"
+        self.train_batch_size_per_learner = 64
+        # Data: LaMo's low-data setting keeps a seeded random subset of whole trajectories.
+        self.data_ratio = 1.0
+        self.data_subset_seed = 0
+        # Evaluation: one set of episodes per target return (in raw, unscaled return units).
+        self.target_returns: list[float] = [3600.0, 1800.0]
+
+        # Offline defaults: gradient steps per `train()` call; windows are re-sampled every epoch.
+        self.dataset_num_iters_per_learner = 100
+        self.offline_data_class = LaMoOfflineData
+        # Shard paths travel with the rows, so a bad row's error can name its file.
+        self.input_read_method_kwargs = {"include_paths": True}
+        self.materialize_data = False
+        self.materialize_mapped_data = False
+        self.evaluation_duration_unit = "episodes"
+
+    @override(AlgorithmConfig)
+    def training(
+        self,
+        *,
+        language_model: str = NotProvided,
+        lm_num_layers: int | None = NotProvided,
+        lm_pretrained: bool = NotProvided,
+        finetune: str = NotProvided,
+        lora_rank: int = NotProvided,
+        lora_alpha: int = NotProvided,
+        lora_dropout: float = NotProvided,
+        lora_target_modules: list[str] | None = NotProvided,
+        embedding: str = NotProvided,
+        context_len: int = NotProvided,
+        max_ep_len: int = NotProvided,
+        rtg_scale: float = NotProvided,
+        dropout: float = NotProvided,
+        language_loss_coeff: float = NotProvided,
+        text_corpus: str = NotProvided,
+        text_block_len: int = NotProvided,
+        text_batch_size: int = NotProvided,
+        lm_lr: float = NotProvided,
+        weight_decay: float = NotProvided,
+        adam_eps: float = NotProvided,
+        warmup_steps: int = NotProvided,
+        data_ratio: float = NotProvided,
+        data_subset_seed: int = NotProvided,
+        target_returns: list[float] = NotProvided,
+        **kwargs: Any,
+    ) -> LaMoConfig:
+        """Sets LaMo's settings; `lr` (embeddings and heads) and the rest pass to RLlib.
+
+        Args:
+            language_model: HF id (``gpt2``), local dir, ``.gguf`` file or ``smollm2-135m``.
+            lm_num_layers: Keep only the first N transformer blocks (None: all).
+            lm_pretrained: False = same architecture, random init (a plain Decision Transformer).
+            finetune: ``lora`` (paper), ``full`` or ``frozen`` (ablations).
+            lora_rank, lora_alpha, lora_dropout, lora_target_modules: LoRA settings
+                (None targets: per-architecture defaults, c_attn for GPT-2, q/v for Llama).
+            embedding: ``mlp`` (paper) or ``linear`` (ablation) return/state/action embeddings.
+            context_len: K, the number of (return, state, action) steps in a window.
+            max_ep_len: Size of the learned timestep embedding.
+            rtg_scale: Returns-to-go are divided by this (1000 for MuJoCo).
+            dropout: Dropout of the embeddings and of the LM.
+            language_loss_coeff: lambda of the auxiliary language loss (0 disables it).
+            text_corpus: ``builtin`` (offline), ``wikitext-103`` or a text file/folder.
+            text_block_len, text_batch_size: Token blocks per gradient step for that loss.
+            lm_lr: Learning rate of the LM's trainable weights (LoRA or all of them).
+            weight_decay, adam_eps: AdamW settings, both optimizers.
+            warmup_steps: Linear learning-rate warmup, counted in gradient steps.
+            data_ratio: Keep this fraction of whole trajectories (LaMo: 0.005 to 1).
+            data_subset_seed: Seed of that subset (separate from `seed`, so that several
+                training seeds share one subset, as in the paper).
+            target_returns: Evaluation targets in raw return units, e.g. [3600, 1800].
+        """
+        super().training(**kwargs)
+        settings = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
+        for name, value in settings.items():
+            if value is not NotProvided:
+                setattr(self, name, value)
+        return self
+
+    @override(AlgorithmConfig)
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        from rllib_lamo.torch.lamo_torch_rl_module import LaMoTorchRLModule
+
+        return RLModuleSpec(module_class=LaMoTorchRLModule)
+
+    @override(AlgorithmConfig)
+    def get_default_learner_class(self) -> type:
+        from rllib_lamo.torch.lamo_torch_learner import LaMoTorchLearner
+
+        return LaMoTorchLearner
+
+    @property
+    @override(AlgorithmConfig)
+    def _model_config_auto_includes(self) -> dict[str, Any]:
+        """What the RLModule needs to build itself, from this config."""
+        return super()._model_config_auto_includes | {
+            "language_model": self.language_model,
+            "lm_num_layers": self.lm_num_layers,
+            "lm_pretrained": self.lm_pretrained,
+            "finetune": self.finetune,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.lora_dropout,
+            "lora_target_modules": self.lora_target_modules,
+            "embedding": self.embedding,
+            "context_len": self.context_len,
+            "max_ep_len": self.max_ep_len,
+            "dropout": self.dropout,
+        }
+
+    @override(AlgorithmConfig)
+    def validate(self) -> None:
+        super().validate()
+        if self.finetune not in FINETUNE_MODES:
+            self._value_error(f"`finetune` must be one of {FINETUNE_MODES}, got {self.finetune!r}.")
+        if self.embedding not in EMBEDDING_KINDS:
+            self._value_error(
+                f"`embedding` must be one of {EMBEDDING_KINDS}, got {self.embedding!r}."
+            )
+        if not 0.0 < self.data_ratio <= 1.0:
+            self._value_error(f"`data_ratio` must be in (0, 1], got {self.data_ratio}.")
+        if self.context_len < 1 or self.max_ep_len < 1:
+            self._value_error("`context_len` and `max_ep_len` must be positive.")
+        if self.language_loss_coeff < 0:
+            self._value_error("`language_loss_coeff` must be >= 0.")
+        if not self.target_returns:
+            self._value_error("`target_returns` needs at least one target return.")
+        if self.num_learners == 0 and not self.dataset_num_iters_per_learner:
+            self._value_error(
+                "With a local learner (`num_learners=0`) set the gradient steps per iteration: "
+                "`config.offline_data(dataset_num_iters_per_learner=...)`."
+            )
+
+
+class LaMo(Algorithm):
+    """Offline training of a LaMo policy; see `LaMoConfig`.
+
+    Each `train()` call takes `dataset_num_iters_per_learner` gradient steps on batches of
+    windows streamed from the episode shards; evaluation (when configured) rolls out the
+    policy on remote env runners for every target return.
+    """
+
+    offline_data: LaMoOfflineData
+
+    @classmethod
+    @override(Algorithm)
+    def get_default_config(cls) -> LaMoConfig:
+        return LaMoConfig()
+
+    @override(Algorithm)
+    def setup(self, config: AlgorithmConfig) -> None:
+        super().setup(config)
+        summary = self.offline_data.summary
+        self._set_observation_normalisation(summary.obs_mean, summary.obs_std)
+        self._best_evaluation: dict[str, float] | None = None
+
+    def _set_observation_normalisation(self, mean: list[float], std: list[float]) -> None:
+        """Puts the dataset's observation statistics into the module (they travel in its state)."""
+
+        def assign(learner: Any) -> None:
+            module = learner.module[DEFAULT_MODULE_ID]
+            module.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+            module.obs_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+        self.learner_group.foreach_learner(assign)
+        self._sync_evaluation_weights()
+
+    def _sync_evaluation_weights(self) -> None:
+        if self.eval_env_runner_group is not None:
+            self.eval_env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group, inference_only=True
+            )
+
+    @override(Algorithm)
+    def training_step(self) -> None:
+        config = self.config
+        num_steps = config.dataset_num_iters_per_learner
+        global_batch = config.train_batch_size_per_learner * max(1, config.num_learners)
+        with self.metrics.log_time((TIMERS, OFFLINE_SAMPLING_TIMER)):
+            # A learner group shards a batch into contiguous pieces, one per learner: stacking
+            # the steps' batches learner-major gives each learner its own windows per step.
+            batches = [self.offline_data.sample(global_batch) for _ in range(num_steps)]
+            training_batch = _learner_major_concat(batches, max(1, config.num_learners))
+        self.metrics.log_value(
+            NUM_ENV_STEPS_SAMPLED_LIFETIME, global_batch * num_steps, reduce="lifetime_sum"
+        )
+        started = time.perf_counter()
+        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+            learner_results = self.learner_group.update(
+                batch=training_batch,
+                minibatch_size=config.train_batch_size_per_learner,
+                num_epochs=1,
+                shuffle_batch_per_epoch=False,
+                timesteps={
+                    NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                        NUM_ENV_STEPS_SAMPLED_LIFETIME
+                    )
+                },
+            )
+        self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+        self.metrics.log_value(
+            "windows_per_s", global_batch * num_steps / (time.perf_counter() - started), window=1
+        )
+        self.metrics.log_value("data_epoch", self.offline_data.epoch, window=1)
+
+    @override(Algorithm)
+    def evaluate(self, *args: Any, **kwargs: Any) -> ResultDict:
+        """Evaluates every target return and keeps the best normalised score seen so far."""
+        results = super().evaluate(*args, **kwargs)
+        best = results.get("evaluation", results).get("best") if results else None
+        if best:
+            key = "normalised_score" if "normalised_score" in best else "return"
+            if self._best_evaluation is None or best[key] > self._best_evaluation[key]:
+                self._best_evaluation = {**best, "iteration": self.iteration}
+            results.setdefault("evaluation", results)["best_so_far"] = dict(self._best_evaluation)
+        return results
+
+    @override(Algorithm)
+    def get_state(self, *args: Any, **kwargs: Any) -> StateDict:
+        state = super().get_state(*args, **kwargs)
+        state["lamo"] = {
+            "offline_data": self.offline_data.get_state(),
+            "best_evaluation": self._best_evaluation,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+        }
+        return state
+
+    @override(Algorithm)
+    def set_state(self, state: StateDict) -> None:
+        super().set_state(state)
+        lamo_state = state.get("lamo")
+        if lamo_state:
+            self.offline_data.set_state(lamo_state["offline_data"])
+            self._best_evaluation = lamo_state["best_evaluation"]
+            random.setstate(lamo_state["rng"]["python"])
+            np.random.set_state(lamo_state["rng"]["numpy"])
+            torch.set_rng_state(lamo_state["rng"]["torch"])
+
+    @override(Algorithm)
+    def restore_from_path(self, path: str | pathlib.Path, *args: Any, **kwargs: Any) -> None:
+        """Restores without Ray 2.60's training-env-runner sync, which offline runs lack."""
+        path = pathlib.Path(path)
+        if not (path / COMPONENT_LEARNER_GROUP).is_dir():
+            raise FileNotFoundError(
+                f"{path} is not a LaMo checkpoint: it has no {COMPONENT_LEARNER_GROUP}/ folder."
+            )
+        Checkpointable.restore_from_path(self, path, *args, **kwargs)
+        self._sync_evaluation_weights()
+
+
+def _learner_major_concat(batches: list[Any], num_learners: int) -> Any:
+    """Concatenates per-step batches so learner i's rows of every step lie in its shard."""
+    from ray.rllib.policy.sample_batch import MultiAgentBatch, concat_samples
+
+    if num_learners == 1:
+        return concat_samples(batches)
+    pieces = []
+    for learner in range(num_learners):
+        for batch in batches:
+            size = batch.env_steps() // num_learners
+            start = learner * size
+            pieces.append(
+                MultiAgentBatch(
+                    {mid: b[start : start + size] for mid, b in batch.policy_batches.items()},
+                    env_steps=size,
+                )
+            )
+    return concat_samples(pieces)

@@ -1,0 +1,218 @@
+"""LaMo's policy: a Decision Transformer whose backbone is a (LoRA-adapted) causal LM."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import (
+    TorchCategorical,
+    TorchDeterministic,
+)
+from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.numpy import convert_to_numpy
+from ray.rllib.utils.torch_utils import convert_to_torch_tensor
+from ray.rllib.utils.typing import StateDict
+from torch import nn
+
+from rllib_lamo.lamo_learner import ATTENTION_MASK, RETURNS_TO_GO, TIMESTEPS
+from rllib_lamo.language_models import (
+    adapt_language_model,
+    hidden_size,
+    language_modeling_loss,
+    load_language_model,
+    trajectory_hidden_states,
+)
+from rllib_lamo.torch.embeddings import build_action_head, build_token_embedding
+
+# Tokens per environment step: (return-to-go, state, action).
+TOKENS_PER_STEP = 3
+STATE_TOKEN = 1
+
+
+class LaMoDeterministic(TorchDeterministic):
+    """`TorchDeterministic` that RLlib's connectors can build from the module's outputs.
+
+    Ray 2.60's `TorchDeterministic` lacks `from_logits`, which `GetActions` calls whenever a
+    batch carries `action_dist_inputs` but no `actions`.
+    """
+
+    @classmethod
+    @override(TorchDeterministic)
+    def from_logits(cls, logits: torch.Tensor, **kwargs: Any) -> LaMoDeterministic:
+        return cls(loc=logits)
+
+
+class LaMoTorchRLModule(TorchRLModule):
+    """Decision Transformer on a pre-trained causal LM (Shi et al., ICLR 2024).
+
+    Each step of a K-step window becomes three tokens (return-to-go, state, action), embedded
+    by MLPs (or linear maps), layer-normalised, given a learned timestep embedding and run
+    through the LM body; the action is predicted from each state token's hidden state.
+
+    Only the trainable weights and the observation-normalisation buffers form the module's
+    state: the frozen LM is rebuilt identically from `model_config`, so env runners and
+    checkpoints never carry it.
+
+    `model_config` keys: those of `LaMoConfig._model_config_auto_includes`, plus optional
+    ``obs_mean``/``obs_std`` (dataset statistics) and ``lm_init_seed`` (seed of a randomly
+    initialised LM, default 0, so that every process builds the same frozen weights).
+    """
+
+    @override(RLModule)
+    def setup(self) -> None:
+        config = self.model_config
+        self._discrete = isinstance(self.action_space, gym.spaces.Discrete)
+        self._max_ep_len = config["max_ep_len"]
+        obs_dim = int(np.prod(self.observation_space.shape))
+        action_dim = int(self.action_space.n) if self._discrete else int(self.action_space.shape[0])
+
+        # A private RNG stream for the LM's construction: a random init (lm_pretrained=False)
+        # is the same in every learner, env runner and restored run, and the global RNG that
+        # seeds the heads and LoRA is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.get("lm_init_seed", 0))
+            base_model, self.tokenizer = load_language_model(
+                config["language_model"],
+                num_layers=config["lm_num_layers"],
+                pretrained=config["lm_pretrained"],
+                dropout=config["dropout"],
+            )
+        hidden = hidden_size(base_model)
+        self.language_model = adapt_language_model(
+            base_model,
+            finetune=config["finetune"],
+            lora_rank=config["lora_rank"],
+            lora_alpha=config["lora_alpha"],
+            lora_dropout=config["lora_dropout"],
+            lora_target_modules=config["lora_target_modules"],
+        )
+
+        embedding = config["embedding"]
+        self.return_embedding = build_token_embedding(embedding, 1, hidden)
+        self.state_embedding = build_token_embedding(embedding, obs_dim, hidden)
+        self.action_embedding = build_token_embedding(embedding, action_dim, hidden)
+        self.timestep_embedding = nn.Embedding(self._max_ep_len, hidden)
+        self.embedding_norm = nn.LayerNorm(hidden)
+        self.embedding_dropout = nn.Dropout(config["dropout"])
+        self.action_head = build_action_head(
+            embedding, hidden, action_dim, squash=not self._discrete
+        )
+
+        obs_mean = config.get("obs_mean")
+        obs_std = config.get("obs_std")
+        self.register_buffer(
+            "obs_mean",
+            torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean).float(),
+        )
+        self.register_buffer(
+            "obs_std",
+            torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std).float(),
+        )
+
+        self._state_keys = [n for n, p in self.named_parameters() if p.requires_grad] + [
+            "obs_mean",
+            "obs_std",
+        ]
+
+    def lm_parameters(self) -> list[nn.Parameter]:
+        """The LM's trainable weights: LoRA (+ biases it unfreezes), all of it, or none."""
+        return [p for p in self.language_model.parameters() if p.requires_grad]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Everything trainable outside the LM: embeddings, LayerNorm, action head."""
+        lm_ids = {id(p) for p in self.language_model.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in lm_ids]
+
+    def language_loss(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy of the shared LM on a text batch (LaMo's auxiliary loss)."""
+        return language_modeling_loss(self.language_model, input_ids)
+
+    def _state_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden states of the K state tokens, [B, K, H]."""
+        mask = batch[ATTENTION_MASK]
+        batch_size, context_len = mask.shape
+        real = mask.to(self.obs_mean.dtype).unsqueeze(-1)
+
+        obs = batch[Columns.OBS].reshape(batch_size, context_len, -1)
+        # Padding rows stay 0 after normalisation, as in the unnormalised data.
+        obs = (obs - self.obs_mean) / self.obs_std * real
+        actions = batch[Columns.ACTIONS]
+        if self._discrete:
+            actions = nn.functional.one_hot(actions.long(), self.action_space.n).to(obs.dtype)
+        returns_to_go = batch[RETURNS_TO_GO].unsqueeze(-1).to(obs.dtype)
+
+        tokens = torch.stack(
+            [
+                self.return_embedding(returns_to_go),
+                self.state_embedding(obs),
+                self.action_embedding(actions),
+            ],
+            dim=2,
+        ).reshape(batch_size, TOKENS_PER_STEP * context_len, -1)
+        # LaMo normalises the stacked tokens first and adds the timestep embedding after.
+        timesteps = batch[TIMESTEPS].long().clamp(0, self._max_ep_len - 1)
+        tokens = self.embedding_norm(tokens) + self.timestep_embedding(
+            timesteps
+        ).repeat_interleave(TOKENS_PER_STEP, dim=1)
+        tokens = self.embedding_dropout(tokens)
+
+        hidden = trajectory_hidden_states(
+            self.language_model,
+            tokens,
+            mask.repeat_interleave(TOKENS_PER_STEP, dim=1),
+        )
+        return hidden[:, STATE_TOKEN::TOKENS_PER_STEP]
+
+    @override(RLModule)
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Predicted actions (post-tanh) or logits at every position, [B, K, A]."""
+        return {Columns.ACTION_DIST_INPUTS: self.action_head(self._state_hidden(batch))}
+
+    @override(TorchRLModule)
+    def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """The deterministic action for each sequence's last (current) step."""
+        with torch.no_grad():
+            outputs = self.action_head(self._state_hidden(batch)[:, -1])
+        actions = outputs.argmax(dim=-1) if self._discrete else outputs
+        return {Columns.ACTION_DIST_INPUTS: outputs, Columns.ACTIONS: actions}
+
+    @override(TorchRLModule)
+    def _forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Same as inference: a Decision Transformer acts deterministically."""
+        return self._forward_inference(batch, **kwargs)
+
+    @override(TorchRLModule)
+    def get_inference_action_dist_cls(self) -> type:
+        return TorchCategorical if self._discrete else LaMoDeterministic
+
+    @override(TorchRLModule)
+    def get_state(
+        self,
+        components: str | Collection[str] | None = None,
+        *,
+        not_components: str | Collection[str] | None = None,
+        inference_only: bool = False,
+        **kwargs: Any,
+    ) -> StateDict:
+        """Trainable weights and normalisation buffers only (same set for inference)."""
+        state_dict = self.state_dict()
+        return convert_to_numpy({key: state_dict[key] for key in self._state_keys})
+
+    @override(TorchRLModule)
+    def set_state(self, state: StateDict) -> None:
+        """Loads the trainable subset from a subset or a full state; the frozen LM stays."""
+        missing = [key for key in self._state_keys if key not in state]
+        if missing:
+            raise ValueError(
+                f"LaMo module state lacks {len(missing)} trainable entries, e.g. {missing[:3]}; "
+                "was it saved with another language model or fine-tuning mode?"
+            )
+        subset = {key: state[key] for key in self._state_keys}
+        self.load_state_dict(convert_to_torch_tensor(subset), strict=False)
