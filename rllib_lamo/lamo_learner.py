@@ -1,4 +1,4 @@
-"""Framework-agnostic part of LaMo's Learner: batch column and metric names, the per-step
+"""Framework-agnostic part of LaMo's Learner: metric and optimizer names, the per-step
 learning-rate warmup and the state that makes a resumed run continue exactly.
 
 RLlib ticks learning-rate schedules once per `update()` (which runs many gradient steps in
@@ -17,11 +17,6 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.typing import ModuleID, StateDict
 
 from rllib_lamo.text_corpus import TextCorpus
-
-# Trajectory-window columns besides RLlib's `Columns.OBS` and `Columns.ACTIONS`.
-RETURNS_TO_GO = "returns_to_go"
-TIMESTEPS = "timesteps"
-ATTENTION_MASK = "attention_mask"
 
 # Optimizer names, registered per module (RLlib prefixes them with the module ID).
 LM_OPTIMIZER = "lm"

@@ -18,7 +18,6 @@ import gymnasium as gym
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 from ray.rllib.offline.offline_data import OfflineData
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils import unflatten_dict
@@ -29,7 +28,7 @@ from rllib_lamo.data.shards import (
     space_to_dict,
     validate_episode_batch,
 )
-from rllib_lamo.data.subsets import subset_episode_ids
+from rllib_lamo.data.subsets import episode_index, subset_episode_ids
 from rllib_lamo.offline_prelearner import LaMoPreLearner
 from rllib_lamo.windows import episode_block_from_arrow, returns_to_go
 
@@ -48,11 +47,6 @@ class DatasetSummary:
     return_max: float
 
 
-def _episode_lengths(batch: pa.Table) -> pa.Table:
-    lengths = pc.list_value_length(batch.column("rewards").combine_chunks())
-    return pa.table({"eps_id": batch.column("eps_id"), "length": lengths.cast(pa.int64())})
-
-
 class LaMoOfflineData(OfflineData):
     """RLlib `OfflineData` for episode shards: subset, statistics, per-epoch windows."""
 
@@ -64,12 +58,19 @@ class LaMoOfflineData(OfflineData):
         self.obs_dim = int(np.prod(self.observation_space.shape))
         self.discrete_actions = isinstance(self.action_space, gym.spaces.Discrete)
         self.seed = int(config.seed) if config.seed is not None else 0
+        if config.prelearner_class is None:
+            self.prelearner_class = LaMoPreLearner
+        elif not issubclass(config.prelearner_class, LaMoPreLearner):
+            raise TypeError(
+                f"LaMo needs episode windows: `prelearner_class` must subclass LaMoPreLearner, "
+                f"got {config.prelearner_class.__name__}."
+            )
 
         self.episodes = self.data
         if config.data_ratio < 1.0:
             kept = self._subset_ids(config.data_ratio, config.data_subset_seed)
             self.episodes = self.episodes.map_batches(
-                _KeepEpisodes, fn_constructor_kwargs={"eps_ids": kept}, batch_format="pyarrow"
+                _keep_episodes, fn_kwargs={"eps_ids": kept}, batch_format="pyarrow"
             )
         self.summary = self._summarise()
         logger.info("LaMo dataset %s: %s", self.dataset_path, self.summary)
@@ -79,22 +80,13 @@ class LaMoOfflineData(OfflineData):
         self._epoch_batches = None
 
     def _subset_ids(self, ratio: float, subset_seed: int) -> pa.Array:
-        index = self.data.select_columns(["eps_id", "rewards"]).map_batches(
-            _episode_lengths, batch_format="pyarrow"
-        )
-        rows = index.to_arrow_refs()
-        table = pa.concat_tables(ray.get(rows))
-        kept = subset_episode_ids(
-            table.column("eps_id").to_pylist(),
-            table.column("length").to_numpy(),
-            ratio,
-            subset_seed,
-        )
+        eps_ids, lengths = episode_index(self.dataset_path)
+        kept = subset_episode_ids(eps_ids, lengths, ratio, subset_seed)
         logger.info(
             "data_ratio=%s keeps %d of %d episodes (subset seed %d)",
             ratio,
             len(kept),
-            table.num_rows,
+            len(eps_ids),
             subset_seed,
         )
         return pa.array(kept, type=pa.string())
@@ -102,58 +94,59 @@ class LaMoOfflineData(OfflineData):
     def _summarise(self) -> DatasetSummary:
         """One streaming pass: validates every block and sums what the statistics need."""
         obs_dim, discrete = self.obs_dim, self.discrete_actions
-        action_space = self.action_space
+        action_space_dict = space_to_dict(self.action_space)
         source = self.dataset_path
 
-        def partial_sums(batch: pa.Table) -> dict[str, np.ndarray]:
-            validate_episode_batch(batch, source=source, obs_dim=obs_dim, action_space=action_space)
+        def episode_sums(batch: pa.Table) -> dict[str, np.ndarray]:
+            shard = batch.column("path")[0].as_py() if "path" in batch.column_names else source
+            validate_episode_batch(
+                batch, source=shard, obs_dim=obs_dim, action_space_dict=action_space_dict
+            )
             block = episode_block_from_arrow(batch, obs_dim=obs_dim, discrete_actions=discrete)
-            episode_returns = returns_to_go(block.rewards, block.lengths)[block.starts]
             obs = block.obs.astype(np.float64)
             return {
-                "episodes": np.array([len(block.lengths)]),
-                "steps": np.array([block.num_steps]),
-                "obs_sum": obs.sum(0)[None],
-                "obs_sq_sum": np.square(obs).sum(0)[None],
-                "return_sum": np.array([episode_returns.sum()]),
-                "return_max": np.array([episode_returns.max()]),
+                "eps_id": batch.column("eps_id").to_numpy(zero_copy_only=False),
+                "length": block.lengths,
+                "obs_sum": np.add.reduceat(obs, block.starts, axis=0),
+                "obs_sq_sum": np.add.reduceat(np.square(obs), block.starts, axis=0),
+                "return": returns_to_go(block.rewards, block.lengths)[block.starts],
             }
 
-        parts = self.episodes.map_batches(partial_sums, batch_format="pyarrow").take_all()
-        if not parts:
+        rows = self.episodes.map_batches(episode_sums, batch_format="pyarrow").to_pandas()
+        if rows.empty:
             raise ValueError(f"{source}: no episodes to train on (empty dataset or subset).")
-        steps = sum(int(p["steps"]) for p in parts)
-        episodes = sum(int(p["episodes"]) for p in parts)
-        obs_mean = sum(p["obs_sum"] for p in parts) / steps
-        obs_var = sum(p["obs_sq_sum"] for p in parts) / steps - np.square(obs_mean)
+        # Blocks finish in any order; summing per episode in id order makes the result bit-exact.
+        rows = rows.sort_values("eps_id")
+        steps = int(rows["length"].sum())
+        obs_mean = np.stack(rows["obs_sum"].to_numpy()).sum(0) / steps
+        obs_var = np.stack(rows["obs_sq_sum"].to_numpy()).sum(0) / steps - np.square(obs_mean)
+        returns = rows["return"].to_numpy()
         return DatasetSummary(
-            num_episodes=episodes,
+            num_episodes=len(rows),
             num_steps=steps,
             obs_mean=obs_mean.tolist(),
             obs_std=(np.sqrt(np.maximum(obs_var, 0.0)) + 1e-6).tolist(),
-            return_mean=sum(float(p["return_sum"]) for p in parts) / episodes,
-            return_max=max(float(p["return_max"]) for p in parts),
+            return_mean=float(returns.mean()),
+            return_max=float(returns.max()),
         )
 
     def _windows_for_epoch(self, batch_size: int) -> Any:
         config = self.config
         # Sample about one window per K steps, but never fewer than one batch per epoch.
         windows_per_epoch = max(math.ceil(self.summary.num_steps / config.context_len), batch_size)
-        mapped = self.episodes.map_batches(
-            LaMoPreLearner,
-            fn_constructor_kwargs={
-                "obs_dim": self.obs_dim,
-                "discrete_actions": self.discrete_actions,
-                "context_len": config.context_len,
-                "rtg_scale": config.rtg_scale,
-                "max_ep_len": config.max_ep_len,
-                "seed": self.seed,
-                "epoch": self.epoch,
-                "windows_per_step": windows_per_epoch / self.summary.num_steps,
-            },
-            batch_format="pyarrow",
-            **self.map_batches_kwargs,
+        # A pre-built instance runs as plain Ray tasks: no actor pool to start every epoch.
+        prelearner = self.prelearner_class(
+            obs_dim=self.obs_dim,
+            discrete_actions=self.discrete_actions,
+            context_len=config.context_len,
+            rtg_scale=config.rtg_scale,
+            max_ep_len=config.max_ep_len,
+            seed=self.seed,
+            epoch=self.epoch,
+            windows_per_step=windows_per_epoch / self.summary.num_steps,
         )
+        shuffled = self.episodes.randomize_block_order(seed=self.seed * 100_003 + self.epoch)
+        mapped = shuffled.map_batches(prelearner, batch_format="pyarrow", **self.map_batches_kwargs)
         mapped.context.execution_options.preserve_order = True
         return iter(
             mapped.iter_batches(
@@ -195,14 +188,9 @@ class LaMoOfflineData(OfflineData):
         return asdict(self.summary)
 
 
-class _KeepEpisodes:
-    """Keeps the rows whose `eps_id` is in a fixed set (the `data_ratio` subset)."""
-
-    def __init__(self, eps_ids: pa.Array):
-        self.eps_ids = eps_ids
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return batch.filter(pc.is_in(batch.column("eps_id"), value_set=self.eps_ids))
+def _keep_episodes(batch: pa.Table, eps_ids: pa.Array) -> pa.Table:
+    """Keeps the rows whose `eps_id` is in the `data_ratio` subset."""
+    return batch.filter(pc.is_in(batch.column("eps_id"), value_set=eps_ids))
 
 
 def _to_multi_agent_batch(batch: dict[str, np.ndarray]) -> MultiAgentBatch:

@@ -107,7 +107,7 @@ def clean_wikitext(text: str) -> str:
             continue
         line = re.sub(r"^[*#:;]+\s*", "", line)
         line = re.sub(r"\s+", " ", line).strip()
-        if len(line.split()) >= 4 and not line.startswith(("|", "!", "__")):
+        if len(line.split()) >= 4 and not line.startswith(("|", "!", "__", "[[")):
             paragraphs.append(line)
     return "\n".join(paragraphs)
 

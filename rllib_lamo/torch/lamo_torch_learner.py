@@ -16,7 +16,6 @@ from ray.rllib.utils.typing import ModuleID, ParamDict, TensorType
 from rllib_lamo.lamo import LaMoConfig
 from rllib_lamo.lamo_learner import (
     ACTION_LOSS_KEY,
-    ATTENTION_MASK,
     GRADIENT_STEPS_KEY,
     GRADIENTS_GLOBAL_NORM_KEY,
     HEADS_OPTIMIZER,
@@ -25,6 +24,7 @@ from rllib_lamo.lamo_learner import (
     WARMUP_FACTOR_KEY,
     LaMoLearner,
 )
+from rllib_lamo.windows import ATTENTION_MASK
 
 
 class LaMoTorchLearner(LaMoLearner, TorchLearner):
@@ -56,8 +56,8 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
         for optimizer_name, params, lr in groups:
             if not isinstance(lr, int | float):
                 raise ValueError(
-                    f"LaMo needs a constant `{optimizer_name}` learning rate (the warmup is "
-                    f"built in via `warmup_steps`), got {lr!r}."
+                    "LaMo needs constant learning rates `lr` and `lm_lr` (the warmup is built "
+                    f"in via `warmup_steps`), got {lr!r}."
                 )
             if not params:  # finetune="frozen": the LM has nothing to train.
                 continue
@@ -137,10 +137,8 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
 
         for module_id, optimizer_names in self._module_optimizers.items():
             for full_name in optimizer_names:
-                short_name = full_name[len(module_id) + 1 :]
-                lr = self._get_optimizer_lr(self.get_optimizer(module_id, short_name))
+                lr = self._get_optimizer_lr(self._named_optimizers[full_name])
+                short_name = full_name[len(module_id) + 1 :]  # "lm" or "heads"
                 self.metrics.log_value((module_id, f"lr_{short_name}"), lr, window=1)
             self.metrics.log_value((module_id, WARMUP_FACTOR_KEY), factor, window=1)
-            self.metrics.log_value(
-                (module_id, GRADIENT_STEPS_KEY), self._gradient_steps, window=1
-            )
+            self.metrics.log_value((module_id, GRADIENT_STEPS_KEY), self._gradient_steps, window=1)

@@ -21,7 +21,6 @@ from ray.rllib.utils.torch_utils import convert_to_torch_tensor
 from ray.rllib.utils.typing import StateDict
 from torch import nn
 
-from rllib_lamo.lamo_learner import ATTENTION_MASK, RETURNS_TO_GO, TIMESTEPS
 from rllib_lamo.language_models import (
     adapt_language_model,
     hidden_size,
@@ -30,10 +29,14 @@ from rllib_lamo.language_models import (
     trajectory_hidden_states,
 )
 from rllib_lamo.torch.embeddings import build_action_head, build_token_embedding
+from rllib_lamo.windows import ATTENTION_MASK, RETURNS_TO_GO, TIMESTEPS
 
 # Tokens per environment step: (return-to-go, state, action).
 TOKENS_PER_STEP = 3
 STATE_TOKEN = 1
+# Seed of a randomly initialised LM (`lm_pretrained=False`). Not 0: the tiny test LMs' fixed
+# "pre-trained" weights are drawn with seed 0, and a random init must differ from them.
+DEFAULT_LM_INIT_SEED = 1
 
 
 class LaMoDeterministic(TorchDeterministic):
@@ -62,7 +65,7 @@ class LaMoTorchRLModule(TorchRLModule):
 
     `model_config` keys: those of `LaMoConfig._model_config_auto_includes`, plus optional
     ``obs_mean``/``obs_std`` (dataset statistics) and ``lm_init_seed`` (seed of a randomly
-    initialised LM, default 0, so that every process builds the same frozen weights).
+    initialised LM, so that every process builds the same frozen weights).
     """
 
     @override(RLModule)
@@ -77,7 +80,7 @@ class LaMoTorchRLModule(TorchRLModule):
         # is the same in every learner, env runner and restored run, and the global RNG that
         # seeds the heads and LoRA is left untouched.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.get("lm_init_seed", 0))
+            torch.manual_seed(config.get("lm_init_seed", DEFAULT_LM_INIT_SEED))
             base_model, self.tokenizer = load_language_model(
                 config["language_model"],
                 num_layers=config["lm_num_layers"],
@@ -100,7 +103,10 @@ class LaMoTorchRLModule(TorchRLModule):
         self.action_embedding = build_token_embedding(embedding, action_dim, hidden)
         self.timestep_embedding = nn.Embedding(self._max_ep_len, hidden)
         self.embedding_norm = nn.LayerNorm(hidden)
-        self.embedding_dropout = nn.Dropout(config["dropout"])
+        # GPT-2's body already drops out its input embeddings (`embd_pdrop`); dropping them
+        # twice would double the rate. Bodies without that (Llama) get the dropout here.
+        has_own_dropout = hasattr(base_model.config, "embd_pdrop")
+        self.embedding_dropout = nn.Dropout(0.0 if has_own_dropout else config["dropout"])
         self.action_head = build_action_head(
             embedding, hidden, action_dim, squash=not self._discrete
         )
@@ -158,9 +164,10 @@ class LaMoTorchRLModule(TorchRLModule):
         ).reshape(batch_size, TOKENS_PER_STEP * context_len, -1)
         # LaMo normalises the stacked tokens first and adds the timestep embedding after.
         timesteps = batch[TIMESTEPS].long().clamp(0, self._max_ep_len - 1)
-        tokens = self.embedding_norm(tokens) + self.timestep_embedding(
-            timesteps
-        ).repeat_interleave(TOKENS_PER_STEP, dim=1)
+        time_embedding = self.timestep_embedding(timesteps)
+        tokens = self.embedding_norm(tokens) + time_embedding.repeat_interleave(
+            TOKENS_PER_STEP, dim=1
+        )
         tokens = self.embedding_dropout(tokens)
 
         hidden = trajectory_hidden_states(
