@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -264,7 +265,9 @@ def report_results(results: ResultGrid, spec: ExperimentSpec, args: argparse.Nam
     for result in results:
         where = result.path or "(no results)"
         if result.error is not None:
-            print(f"rllib: trial failed: {where}: {type(result.error).__name__}")
+            print(
+                f"rllib: trial failed: {_last_line(result.error)}; traceback in {where}/error.txt"
+            )
             continue
         checkpoint, metric, value = best_checkpoint(result, score_attribute, score_order)
         if checkpoint is None:
@@ -276,10 +279,12 @@ def report_results(results: ResultGrid, spec: ExperimentSpec, args: argparse.Nam
     if results.num_errors:
         print(f"rllib: {results.num_errors} of {len(results)} trial(s) failed", file=sys.stderr)
         return EXIT_TRIAL_FAILED
-    if results.num_terminated < len(results):
-        resume = f"rllib train file {args.file} --resume"
+    # Tune marks a trial's last result `done` when it stopped on its own (criteria met or
+    # training finished); after Ctrl-C the trials are stopped without it.
+    if any(not (result.metrics or {}).get("done") for result in results):
+        resume = f"rllib train file {shlex.quote(args.file)} --resume"
         if args.storage_path:
-            resume += f" --storage-path {args.storage_path}"
+            resume += f" --storage-path {shlex.quote(args.storage_path)}"
         print(f"rllib: interrupted; continue with: {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK
@@ -307,6 +312,12 @@ def best_checkpoint(
             value, checkpoint = pick(ranked, key=lambda pair: pair[0])
             return checkpoint, metric, float(value)
     return result.checkpoint, None, None
+
+
+def _last_line(error: BaseException) -> str:
+    """The summary line of a (possibly remote, multi-line) exception."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _storage_root(spec: ExperimentSpec, flag: str | None) -> str:
@@ -364,6 +375,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
             num_env_runners=args.num_env_runners,
             **options,
         )
+    except Exception as error:  # a failure inside Ray: summarise it like a failed trial
+        if args.verbose:
+            traceback.print_exc()
+        print(f"rllib: error: evaluation failed: {_last_line(error)}", file=sys.stderr)
+        return EXIT_TRIAL_FAILED
     finally:
         _stop_ray()
     print(evaluation_table(metrics))
@@ -401,12 +417,10 @@ def evaluation_table(metrics: Mapping[str, Any]) -> str:
     ]
     best = metrics.get("best")
     if isinstance(best, Mapping):
-        score = best.get("normalised_score")
-        lines.append(
-            f"best target: {format_number(best.get('target_return'))} (return "
-            f"{format_number(best.get('return'))}"
-            + (f", normalised {score:.1f})" if score is not None else ")")
-        )
+        summary = f"return {best['return']:.1f}" if "return" in best else "return -"
+        if "normalised_score" in best:
+            summary += f", normalised {best['normalised_score']:.1f}"
+        lines.append(f"best target: {format_number(best.get('target_return'))} ({summary})")
     return "\n".join(lines)
 
 

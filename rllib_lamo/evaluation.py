@@ -32,6 +32,7 @@ from ray.rllib.core import (
 from ray.rllib.env.env_runner_group import EnvRunnerGroup
 from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EVALUATION_RESULTS
+from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
 from rllib_lamo.connectors.decision_context import (
     decision_context_of,
@@ -82,7 +83,7 @@ def evaluate_target_returns(
 
     `Algorithm.evaluate` has already synced the learner's weights to the evaluation env
     runners. RLlib (new API stack) discards this function's returned metrics and reports
-    what sits under ``evaluation`` in `algorithm.metrics`, so they are logged there too.
+    what sits under ``evaluation`` in `algorithm.metrics`, so they go there too.
     """
     if eval_env_runner_group is None:
         raise ValueError(
@@ -102,7 +103,11 @@ def evaluate_target_returns(
         env_id=config.env if isinstance(config.env, str) else None,
     )
     algorithm.metrics.aggregate(runner_metrics, key=(EVALUATION_RESULTS, ENV_RUNNER_RESULTS))
-    algorithm.metrics.log_dict(metrics, key=EVALUATION_RESULTS, reduce="item")
+    # Merged in (not logged directly) like the env runners' metrics: `Algorithm.evaluate` can
+    # read them as the latest merge, and they stay in later results until the next evaluation.
+    latest = MetricsLogger()
+    latest.log_dict(metrics, reduce="mean", window=1)
+    algorithm.metrics.aggregate([latest.reduce()], key=EVALUATION_RESULTS)
     return metrics, env_steps, env_steps
 
 

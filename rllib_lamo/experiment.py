@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import logging
 import runpy
 import textwrap
 from collections.abc import Mapping
@@ -164,23 +165,42 @@ class OfflineRestoreMixin:
 
 
 def valid_config_keys(default_config: AlgorithmConfig) -> set[str]:
-    """Keys `update_from_dict` turns into real settings of this algorithm's config."""
-    from ray._common.deprecation import DEPRECATED_VALUE
+    """Keys `update_from_dict` accepts: attributes, settable properties, old spellings.
 
-    keys = {
-        key
-        for key, value in vars(default_config).items()
-        if key not in ("algo_class", "_is_frozen")
-        and not key.startswith("__")
-        and not (isinstance(value, int) and value is not True and value == DEPRECATED_VALUE)
-    }
-    keys |= {
-        name
-        for name, member in inspect.getmembers(type(default_config))
-        if isinstance(member, property) and member.fset is not None and not name.startswith("_")
-    }
+    Deprecated properties stay accepted so that RLlib's own message names their replacement.
+    """
+    keys = listed_config_keys(default_config)
+    keys |= {name for name, _ in _settable_properties(default_config)}
+    keys |= {attribute for attribute in vars(default_config) if attribute.startswith("_")}
+    keys -= {"_is_frozen"}
     keys |= {alias for alias, attribute in CONFIG_KEY_ALIASES.items() if attribute in keys}
     return keys
+
+
+def listed_config_keys(default_config: AlgorithmConfig) -> set[str]:
+    """The public, current settings of a config (what an unknown-key message lists)."""
+    from ray._common.deprecation import DEPRECATED_VALUE
+
+    attributes = vars(default_config)
+    keys = {
+        key
+        for key, value in attributes.items()
+        if not key.startswith("_")
+        and key != "algo_class"
+        and not (type(value) is int and value == DEPRECATED_VALUE)
+    }
+    # Properties backed by a private attribute (`train_batch_size_per_learner`) are current
+    # settings; the others are deprecated spellings.
+    keys |= {name for name, _ in _settable_properties(default_config) if f"_{name}" in attributes}
+    return keys
+
+
+def _settable_properties(config: AlgorithmConfig) -> list[tuple[str, property]]:
+    return [
+        (name, member)
+        for name, member in inspect.getmembers(type(config))
+        if isinstance(member, property) and member.fset is not None and not name.startswith("_")
+    ]
 
 
 def check_config_keys(
@@ -199,10 +219,11 @@ def check_config_keys(
         return
     from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 
-    public = sorted(key for key in valid if not key.startswith("_"))
-    rllib_keys = valid_config_keys(AlgorithmConfig())
-    own = [key for key in public if key not in rllib_keys]
-    shared = [key for key in public if key in rllib_keys]
+    listed = listed_config_keys(default_config)
+    rllib_keys = listed_config_keys(AlgorithmConfig())
+    own = sorted(listed - rllib_keys)
+    shared = sorted(listed & rllib_keys)
+    public = sorted(listed)
     problems = "; ".join(
         f"unknown config key {key!r}{_did_you_mean(key.split('.')[-1], public)}" for key in unknown
     )
@@ -418,6 +439,11 @@ def _check_config(config: AlgorithmConfig, where: str) -> None:
     """Runs the algorithm's own validation now, unless search spaces make that per trial."""
     if has_search_space(config.to_dict()):
         return
+    # RLlib logs warnings while validating (e.g. "running on the new API stack"), which
+    # the trial repeats anyway.
+    config_logger = logging.getLogger("ray.rllib.algorithms.algorithm_config")
+    level = config_logger.level
+    config_logger.setLevel(logging.ERROR)
     try:
         config.copy(copy_frozen=False).validate()
     except (ValueError, TypeError, KeyError) as error:
@@ -425,6 +451,8 @@ def _check_config(config: AlgorithmConfig, where: str) -> None:
             line.strip() for line in str(error).splitlines() if not line.startswith("To suppress")
         )
         raise ExperimentError(f"{where}: invalid config: {message}") from error
+    finally:
+        config_logger.setLevel(level)
 
 
 def _checked_checkpoint_config(values: Any, where: str) -> dict[str, Any]:

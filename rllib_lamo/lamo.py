@@ -31,7 +31,6 @@ from ray.rllib.utils.typing import ResultDict, StateDict
 
 from rllib_lamo.offline_data import LaMoOfflineData
 
-FINETUNE_MODES = ("lora", "full", "frozen")
 EMBEDDING_KINDS = ("mlp", "linear")
 
 
@@ -193,7 +192,10 @@ class LaMoConfig(AlgorithmConfig):
 
     @override(AlgorithmConfig)
     def validate(self) -> None:
+        self._spaces_from_dataset_if_unset()
         super().validate()
+        from rllib_lamo.language_models import FINETUNE_MODES
+
         if self.finetune not in FINETUNE_MODES:
             self._value_error(f"`finetune` must be one of {FINETUNE_MODES}, got {self.finetune!r}.")
         if self.embedding not in EMBEDDING_KINDS:
@@ -213,6 +215,21 @@ class LaMoConfig(AlgorithmConfig):
                 "With a local learner (`num_learners=0`) set the gradient steps per iteration: "
                 "`config.offline_data(dataset_num_iters_per_learner=...)`."
             )
+
+
+    def _spaces_from_dataset_if_unset(self) -> None:
+        """Training needs no env: without one, the dataset's metadata names the spaces."""
+        if self.observation_space is not None and self.action_space is not None:
+            return
+        if not isinstance(self.input_, str) or self.input_ == "sampler":
+            return
+        from rllib_lamo.data.shards import read_metadata, space_from_dict
+
+        metadata = read_metadata(self.input_)
+        self.observation_space = self.observation_space or space_from_dict(
+            metadata["observation_space"]
+        )
+        self.action_space = self.action_space or space_from_dict(metadata["action_space"])
 
 
 class LaMo(Algorithm):

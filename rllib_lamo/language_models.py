@@ -434,6 +434,7 @@ def build_directory_once(target: Path, build: Callable[[Path], None]) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             build(staging)
+            staging.chmod(0o755)  # mkdtemp makes it owner-only; a cache is meant to be shared
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -102,6 +102,12 @@ def format_number(value: Any) -> str:
     return f"{value:.4g}"
 
 
+def row_cells(result: Mapping[str, Any]) -> list[str]:
+    """One table row's cells (without the trial column) for a Tune result."""
+    flat = flatten(result)
+    return [format_number(first_present(flat, column.keys)) for column in COLUMNS]
+
+
 def format_row(cells: Sequence[str], widths: Sequence[int], trial_width: int) -> str:
     trial, *values = cells
     return "  ".join(
@@ -126,9 +132,8 @@ class ProgressTable(Callback):
             titles = [column.title for column in COLUMNS]
             self._say(format_row(["trial", *titles], self._widths(), self._trial_width(trial)))
             self._rows_since_header = 0
-        flat = flatten(result)
-        cells = [format_number(first_present(flat, column.keys)) for column in COLUMNS]
-        self._say(format_row([trial.trial_id, *cells], self._widths(), self._trial_width(trial)))
+        cells = [trial.trial_id, *row_cells(result)]
+        self._say(format_row(cells, self._widths(), self._trial_width(trial)))
         self._rows_since_header += 1
 
     def on_checkpoint(

@@ -71,11 +71,15 @@ class SteppedEnvs:
                 action = self.rng.uniform(-1, 1, size=2).astype(np.float32)
             reward = float(self.rng.normal())
             episode.add_env_step(obs, action, reward, terminated=episode.t + 1 == length)
-            for key, value in zip(("obs", "actions", "rewards"), (obs, action, reward), strict=True):
+            for key, value in zip(
+                ("obs", "actions", "rewards"), (obs, action, reward), strict=True
+            ):
                 history[key].append(value)
 
     def cut(self, lookback: int) -> None:
-        self.episodes = [e if e.is_done else e.cut(len_lookback_buffer=lookback) for e in self.episodes]
+        self.episodes = [
+            e if e.is_done else e.cut(len_lookback_buffer=lookback) for e in self.episodes
+        ]
 
 
 def run_connector(connector: DecisionContext, episodes: list) -> dict[str, np.ndarray]:

@@ -49,7 +49,7 @@ def _lora_variants(name: str) -> dict[str, torch.nn.Module]:
 def test_tiny_models_load_fast_with_an_offline_tokenizer_matching_the_vocab(name):
     started = time.perf_counter()
     model, tokenizer = load_language_model(name)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 2.0  # ~0.02 s on an idle core
     assert (
         type(model).__name__
         == {"tiny-gpt2": "GPT2LMHeadModel", "tiny-llama": "LlamaForCausalLM"}[name]
@@ -236,16 +236,27 @@ def test_smollm2_loads_through_the_cache_as_a_llama_with_hidden_576():
     )
 
 
-def test_smollm2_knows_english_and_random_init_does_not():
+@pytest.fixture(scope="module")
+def smollm2_english_loss() -> float:
+    """The packaged weights' loss on English (a broken dequantisation would look random)."""
     model, tokenizer = load_language_model(PACKAGED_SMOLLM2)
-    ids = tokenizer(ENGLISH, return_tensors="pt")["input_ids"]
-    torch.manual_seed(0)
-    random, _ = load_language_model(PACKAGED_SMOLLM2, pretrained=False)
     with torch.no_grad():
-        pretrained_loss = language_modeling_loss(model, ids).item()
-        random_loss = language_modeling_loss(random, ids).item()
-    # Perplexity: a few tens for the packaged weights, ~vocabulary size (49k) for random ones.
-    assert pretrained_loss < 4.5 < 10 < random_loss
+        return language_modeling_loss(model, tokenizer(ENGLISH, return_tensors="pt")["input_ids"])
+
+
+def test_smollm2_knows_english(smollm2_english_loss):
+    # Perplexity a few tens; a model that knows nothing scores ~ln(49152) = 10.8.
+    assert smollm2_english_loss < 4.5
+
+
+@pytest.mark.slow
+def test_smollm2_random_init_does_not_know_english(smollm2_english_loss):
+    torch.manual_seed(0)
+    random, tokenizer = load_language_model(PACKAGED_SMOLLM2, pretrained=False)
+    with torch.no_grad():
+        ids = tokenizer(ENGLISH, return_tensors="pt")["input_ids"]
+        random_loss = language_modeling_loss(random, ids)
+    assert random_loss > 10 > 4.5 > smollm2_english_loss
 
 
 def test_a_gguf_path_shares_the_packaged_models_cache():

@@ -1,34 +1,18 @@
-"""``lamo-data``: generate, convert, subset, inspect and validate trajectory datasets."""
+"""lamo-data: generate, convert, subset, inspect and validate trajectory datasets.
+
+Every command that writes builds its output in a hidden temp folder and renames it into place
+only when complete, so an interrupted or failed run leaves nothing behind.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Sequence
-
-from rllib_lamo.data.shards import DatasetError
+from collections.abc import Callable, Sequence
 
 
-def _add_generate(sub: argparse._SubParsersAction) -> None:
-    from rllib_lamo.data.generate import DEFAULT_CACHE_DIR, DEFAULT_NUM_STEPS, KINDS, TASKS
-
-    p = sub.add_parser(
-        "generate",
-        help="train a behaviour policy on a MuJoCo v5 task and record a D4RL-style dataset",
-        description="Train (or reuse from the cache) a stable-baselines3 behaviour policy and "
-        "record it. Default output folder: ./<task>-<kind>-v5.",
-    )
-    p.add_argument("task", choices=sorted(TASKS))
-    p.add_argument("--kind", choices=KINDS, default="medium")
-    p.add_argument("--out", default=None, help="output dataset folder")
-    p.add_argument("--steps", type=int, default=DEFAULT_NUM_STEPS, help="steps recorded per policy")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="trained policies")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def _run_generate(args: argparse.Namespace) -> None:
+def _generate(args: argparse.Namespace) -> None:
     from rllib_lamo.data.generate import generate
 
     generate(
@@ -43,21 +27,147 @@ def _run_generate(args: argparse.Namespace) -> None:
     )
 
 
+def _report_written(meta: dict) -> None:
+    returns = meta["return"]
+    print(
+        f"wrote {meta['name']}: {meta['num_episodes']} episodes, {meta['num_steps']} steps, "
+        f"return {returns['mean']:.2f} +- {returns['std']:.2f}"
+    )
+
+
+def _from_minari(args: argparse.Namespace) -> None:
+    from rllib_lamo.data.converters import convert_minari
+
+    _report_written(
+        convert_minari(args.source, args.out, env_id=args.env_id, overwrite=args.overwrite)
+    )
+
+
+def _from_d4rl(args: argparse.Namespace) -> None:
+    from rllib_lamo.data.converters import convert_d4rl
+
+    _report_written(convert_d4rl(args.file, args.out, env_id=args.env_id, overwrite=args.overwrite))
+
+
+def _from_rllib(args: argparse.Namespace) -> None:
+    from rllib_lamo.data.rllib_output import convert_rllib
+
+    meta = convert_rllib(
+        args.dir,
+        args.out,
+        env_id=args.env_id,
+        recorded_actions=args.recorded_actions,
+        overwrite=args.overwrite,
+    )
+    _report_written(meta)
+    dropped = meta["source"]["dropped_unfinished_episodes"]
+    if dropped:
+        print(f"left out {dropped} episode(s) whose end was not recorded")
+
+
+def _subset(args: argparse.Namespace) -> None:
+    from rllib_lamo.data.subsets import write_subset
+
+    _report_written(
+        write_subset(
+            args.path, args.out, ratio=args.ratio, seed=args.seed, overwrite=args.overwrite
+        )
+    )
+
+
+def _info(args: argparse.Namespace) -> None:
+    from rllib_lamo.data.info import dataset_info, format_info
+
+    info = dataset_info(args.path)
+    print(json.dumps(info, indent=1) if args.json else format_info(info))
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from rllib_lamo.data.shards import validate_dataset
+
+    meta = validate_dataset(args.path)
+    print(f"{args.path}: valid ({meta['num_episodes']} episodes, {meta['num_steps']} steps)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lamo-data", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_generate(sub)
+    from rllib_lamo.data.generate import DEFAULT_CACHE_DIR, DEFAULT_NUM_STEPS, KINDS, TASKS
+    from rllib_lamo.data.rllib_output import ACTION_MODES
+
+    parser = argparse.ArgumentParser(prog="lamo-data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], None], help_text: str):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(run=run)
+        return p
+
+    p = command(
+        "generate",
+        _generate,
+        "train a behaviour policy on a MuJoCo v5 task (or reuse "
+        "it from the cache) and record a D4RL-style dataset",
+    )
+    p.add_argument("task", choices=sorted(TASKS))
+    p.add_argument("--kind", choices=KINDS, default="medium")
+    p.add_argument("--out", default=None, help="output folder (default ./<task>-<kind>-v5)")
+    p.add_argument("--steps", type=int, default=DEFAULT_NUM_STEPS, help="steps per policy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="trained policies")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = command("from-minari", _from_minari, "convert a Minari dataset (local id or folder)")
+    p.add_argument("source", metavar="ID_OR_PATH")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--env-id", default=None, help="override the env id (scores, spaces)")
+
+    p = command("from-d4rl", _from_d4rl, "convert a D4RL-layout HDF5 file")
+    p.add_argument("file", metavar="FILE.hdf5")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument(
+        "--env-id",
+        default=None,
+        help="e.g. Hopper-v5 or hopper-medium-v2: scores, and spaces when registered",
+    )
+
+    p = command(
+        "from-rllib", _from_rllib, "convert RLlib's recorded offline output (either layout)"
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--env-id", default=None, help="registered env id giving the spaces")
+    p.add_argument(
+        "--recorded-actions",
+        choices=ACTION_MODES,
+        default="normalized",
+        help="how the recording config mapped actions to the env: 'normalized' "
+        "(RLlib's default normalize_actions=True), 'clipped' (clip_actions=True)",
+    )
+
+    p = command("subset", _subset, "seeded random subset of whole episodes")
+    p.add_argument("path", metavar="IN")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--ratio", type=float, required=True, help="e.g. 0.01 keeps 1%% of episodes")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = command("info", _info, "episodes, steps, returns, spaces and size of a dataset")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true")
+
+    p = command("validate", _validate, "check every shard of a dataset against the format")
+    p.add_argument("path", metavar="PATH")
+
+    for name in ("generate", "from-minari", "from-d4rl", "from-rllib", "subset"):
+        sub.choices[name].add_argument(
+            "--overwrite", action="store_true", help="replace an existing output folder"
+        )
     return parser
-
-
-_RUNNERS = {"generate": _run_generate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        _RUNNERS[args.command](args)
-    except (DatasetError, FileExistsError, FileNotFoundError) as err:
+        args.run(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:  # DatasetError included
         print(f"lamo-data {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0

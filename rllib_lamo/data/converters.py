@@ -47,9 +47,11 @@ def _open_minari(id_or_path: str) -> tuple[Any, str]:
         dataset = minari.load_dataset(id_or_path, download=False)
     except FileNotFoundError as err:
         raise DatasetError(
-            id_or_path, None, "no such local Minari dataset id or folder (download it first with "
-            "`minari download ID`)"
-        ) from err  # fmt: skip
+            id_or_path,
+            None,
+            "no such local Minari dataset id or folder (download it first with "
+            "`minari download ID`)",
+        ) from err
     return dataset, id_or_path
 
 
@@ -93,9 +95,10 @@ def convert_minari(
             steps = len(episode.rewards)
             if len(observations) != steps + 1:
                 raise DatasetError(
-                    label, "observations", f"has {len(observations)} rows for {steps} steps "
-                    "(Minari stores steps + 1)"
-                )  # fmt: skip
+                    label,
+                    "observations",
+                    f"has {len(observations)} rows for {steps} steps (Minari stores steps + 1)",
+                )
             writer.add_episode(
                 _as_float32(observations[:-1], label, "observations"),
                 np.asarray(episode.actions),
@@ -131,8 +134,9 @@ def iter_d4rl_episodes(
     with h5py.File(path, "r") as file:
         for name in D4RL_REQUIRED:
             if name not in file or not isinstance(file[name], h5py.Dataset):
-                raise DatasetError(source, name, "missing (D4RL layout needs " +
-                                   ", ".join(D4RL_REQUIRED) + ")")  # fmt: skip
+                raise DatasetError(
+                    source, name, "missing (D4RL layout needs " + ", ".join(D4RL_REQUIRED) + ")"
+                )
         num_rows = len(file["rewards"])
         for name in D4RL_REQUIRED:
             if len(file[name]) != num_rows:
@@ -212,9 +216,13 @@ def convert_d4rl(
             iter_d4rl_episodes(path)
         ):
             writer.add_episode(
-                obs, actions, rewards, terminated, eps_id=f"{Path(path).stem}-{index:07d}",
+                obs,
+                actions,
+                rewards,
+                terminated,
+                eps_id=f"{Path(path).stem}-{index:07d}",
                 source=f"{path} (episode {index}, rows {first_row}-{first_row + len(rewards)})",
-            )  # fmt: skip
+            )
         return writer.close()
 
 

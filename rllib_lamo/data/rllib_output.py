@@ -31,8 +31,15 @@ import pyarrow.parquet as pq
 from rllib_lamo.data.shards import DatasetError, EpisodeDatasetWriter, env_spaces
 
 _MSGPACK_NUMPY_KEY = b"nd"
-_COLUMN_FORMAT_COLUMNS = ("eps_id", "obs", "actions", "rewards", "new_obs", "terminateds",
-                          "truncateds")  # fmt: skip
+_COLUMN_FORMAT_COLUMNS = (
+    "eps_id",
+    "obs",
+    "actions",
+    "rewards",
+    "new_obs",
+    "terminateds",
+    "truncateds",
+)
 
 
 def decode_msgpack_numpy(obj: dict) -> Any:
@@ -47,6 +54,27 @@ def decode_msgpack_numpy(obj: dict) -> Any:
             return None
         return np.frombuffer(obj[b"data"], dtype=np.dtype(obj[b"type"])).reshape(obj[b"shape"])
     return np.frombuffer(obj[b"data"], dtype=np.dtype(obj[b"type"]))[0]
+
+
+# How recorded actions map to what the env executed. RLlib stores the module's actions before its
+# module-to-env connector; with the default ``normalize_actions=True`` that connector unsquashes
+# [-1, 1] to the Box bounds (and clips), with ``clip_actions=True`` it only clips.
+ACTION_MODES = ("normalized", "clipped", "as-recorded")
+
+
+def env_actions(actions: np.ndarray, space: gym.Space, mode: str) -> np.ndarray:
+    """The actions the env received, from RLlib's recorded ones (vectorised over steps)."""
+    if mode not in ACTION_MODES:
+        raise ValueError(f"unknown action mode {mode!r}; choose from {ACTION_MODES}")
+    if not isinstance(space, gym.spaces.Box) or mode == "as-recorded":
+        return actions
+    low, high = space.low.reshape(-1), space.high.reshape(-1)
+    actions = actions.reshape(len(actions), -1).astype(np.float32)
+    if mode == "normalized":
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+            return actions  # RLlib leaves unbounded spaces untouched
+        actions = low + (actions + 1.0) * (high - low) / 2.0
+    return np.clip(actions, low, high).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------- stitching
@@ -73,6 +101,9 @@ class _Chunk:
             chunks[-1].next_obs,
         )
 
+    def tail(self, skip: int) -> _Chunk:
+        return _Chunk(self.obs[skip:], self.actions[skip:], self.rewards[skip:], self.next_obs)
+
     def head(self, steps: int) -> _Chunk:
         next_obs = self.obs[steps] if steps < len(self) else self.next_obs
         return _Chunk(self.obs[:steps], self.actions[:steps], self.rewards[:steps], next_obs)
@@ -81,8 +112,10 @@ class _Chunk:
 class _EpisodeStitcher:
     """Assembles episodes from chunks that may repeat, and writes each finished one once."""
 
-    def __init__(self, writer: EpisodeDatasetWriter):
+    def __init__(self, writer: EpisodeDatasetWriter, action_space: gym.Space, action_mode: str):
         self._writer = writer
+        self._action_space = action_space
+        self._action_mode = action_mode
         self._open: dict[str, list[_Chunk]] = {}
         self._open_length: dict[str, int] = {}
         self._finished: set[str] = set()
@@ -110,7 +143,7 @@ class _EpisodeStitcher:
             raise DatasetError(
                 source, "eps_id", f"episode {eps_id!r} jumps to step {start} after {length} steps"
             )
-        if start < length:  # a repeat of steps already held: must agree, then replaces them
+        if start < length:  # steps already held again: they must agree, only new ones are kept
             held = _Chunk.join(chunks)
             overlap = min(length - start, len(chunk))
             if not np.array_equal(held.obs[start : start + overlap], chunk.obs[:overlap]):
@@ -118,18 +151,30 @@ class _EpisodeStitcher:
                     source, "obs", f"two different copies of steps {start}.. of {eps_id!r}"
                 )
             self.repeated_steps += overlap
-            chunks[:] = [held.head(start)] if start else []
-            length = start
-        chunks.append(chunk)
+            if overlap == len(chunk):
+                if not done:
+                    return
+                held = held.head(start + overlap)  # the episode ends inside what is held
+                length, chunk = len(held), chunk.tail(overlap)
+            else:
+                chunk = chunk.tail(overlap)
+            chunks[:] = [held]
+        if len(chunk):
+            chunks.append(chunk)
         self._open_length[eps_id] = length + len(chunk)
         if done:
             episode = _Chunk.join(self._open.pop(eps_id))
             del self._open_length[eps_id]
             self._finished.add(eps_id)
+            actions = env_actions(episode.actions, self._action_space, self._action_mode)
             self._writer.add_episode(
-                episode.obs, episode.actions, episode.rewards, terminated, eps_id=eps_id,
+                episode.obs,
+                actions,
+                episode.rewards,
+                terminated,
+                eps_id=eps_id,
                 source=f"{source} (episode {eps_id!r})",
-            )  # fmt: skip
+            )
 
     @staticmethod
     def _locate(chunks: list[_Chunk], length: int, chunk: _Chunk, eps_id: str, source: str) -> int:
@@ -176,7 +221,7 @@ def _recording_format(schema: pa.Schema, source: str) -> str:
     if not missing:
         return "columns"
     raise DatasetError(
-        source, missing[0], f"missing: neither RLlib's episode ('item') nor column output"
+        source, missing[0], "missing: neither RLlib's episode ('item') nor column output"
     )
 
 
@@ -227,9 +272,13 @@ def _read_column_file(file: Path, stitcher: _EpisodeStitcher) -> None:
                 new_obs[end - 1].reshape(-1).astype(np.float32),
             )
             stitcher.add(
-                str(eps_ids[start]), chunk, start=None, done=bool(done[end - 1]),
-                terminated=bool(terminateds[end - 1]), source=str(file),
-            )  # fmt: skip
+                str(eps_ids[start]),
+                chunk,
+                start=None,
+                done=bool(done[end - 1]),
+                terminated=bool(terminateds[end - 1]),
+                source=str(file),
+            )
 
 
 def _unpack_episode(packed: bytes, source: str) -> dict[str, Any]:
@@ -270,10 +319,13 @@ def _read_episode_file(file: Path, stitcher: _EpisodeStitcher) -> None:
             )
             terminated = bool(state["is_terminated"])
             stitcher.add(
-                str(state["id_"]), chunk, start=int(state["t_started"]),
-                done=terminated or bool(state.get("is_truncated")), terminated=terminated,
+                str(state["id_"]),
+                chunk,
+                start=int(state["t_started"]),
+                done=terminated or bool(state.get("is_truncated")),
+                terminated=terminated,
                 source=str(file),
-            )  # fmt: skip
+            )
 
 
 def _spaces_from_first_episode(file: Path) -> tuple[gym.Space, gym.Space] | None:
@@ -282,8 +334,9 @@ def _spaces_from_first_episode(file: Path) -> tuple[gym.Space, gym.Space] | None
     parquet = pq.ParquetFile(file)
     if parquet.metadata.num_rows == 0:
         return None
-    state = _unpack_episode(parquet.read_row_group(0, columns=["item"])["item"][0].as_py(),
-                            str(file))  # fmt: skip
+    state = _unpack_episode(
+        parquet.read_row_group(0, columns=["item"])["item"][0].as_py(), str(file)
+    )
     if not state.get("_observation_space") or not state.get("_action_space"):
         return None
     return (
@@ -299,12 +352,15 @@ def convert_rllib(
     env_id: str | None = None,
     observation_space: gym.Space | None = None,
     action_space: gym.Space | None = None,
+    recorded_actions: str = "normalized",
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Convert an RLlib recording folder (either layout) into a dataset folder.
 
     Spaces come from the arguments, else from ``env_id`` when gymnasium knows it, else (episode
-    layout only) from the recorded episodes. Memory: one Parquet row group plus open episodes.
+    layout only) from the recorded episodes. ``recorded_actions`` says how the recording's
+    config turned actions into env actions (see :func:`env_actions`). Memory: one Parquet row
+    group plus the episodes still open.
     """
     files = _recording_files(path)
     layout = _recording_format(pq.read_schema(files[0]), str(files[0]))
@@ -321,6 +377,7 @@ def convert_rllib(
         "converter": "rllib_lamo.data.rllib_output.convert_rllib",
         "input": str(path),
         "rllib_layout": layout,
+        "recorded_actions": recorded_actions,
         "files": len(files),
     }
     with EpisodeDatasetWriter(
@@ -331,7 +388,7 @@ def convert_rllib(
         source=source,
         overwrite=overwrite,
     ) as writer:
-        stitcher = _EpisodeStitcher(writer)
+        stitcher = _EpisodeStitcher(writer, spaces[1], recorded_actions)
         for file in files:
             if _recording_format(pq.read_schema(file), str(file)) != layout:
                 raise DatasetError(str(file), None, f"layout differs from {files[0]}")

@@ -163,9 +163,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     meta_path = f"{root.rstrip('/')}/{METADATA_FILE}"
     source = f"{str(path).rstrip('/')}/{METADATA_FILE}"
     if fs.get_file_info(meta_path).type != pafs.FileType.File:
-        raise DatasetError(
-            source, None, "missing: not a rllib_lamo dataset folder (generate or convert one)"
-        )
+        raise DatasetError(source, None, f"missing: not a rllib_lamo dataset folder. {_hint(path)}")
     with fs.open_input_stream(meta_path) as stream:
         try:
             meta = json.loads(stream.read().decode("utf-8"))
@@ -184,6 +182,23 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         except (KeyError, TypeError, ValueError) as err:
             raise DatasetError(source, key, f"is not a valid space ({err})") from err
     return meta
+
+
+_GENERATED_NAME = re.compile(
+    r"^(?P<task>[a-z0-9]+)-(?P<kind>medium-replay|medium-expert|medium|expert)-v5$"
+)
+
+
+def _hint(path: str | os.PathLike) -> str:
+    """How to make the missing dataset: the exact command for our generated sets' names."""
+    name = os.path.basename(str(path).rstrip("/"))
+    match = _GENERATED_NAME.match(name)
+    if match:
+        return (
+            f"Generate it with `lamo-data generate {match['task']} --kind {match['kind']} "
+            f"--out {path}` (trains and records; see datasets/README.md for times)."
+        )
+    return "Make one with `lamo-data generate` or `lamo-data from-minari|from-d4rl|from-rllib`."
 
 
 def package_versions() -> dict[str, str | None]:
@@ -268,9 +283,14 @@ def _flatten_object_column(column: np.ndarray, name: str, source: str, nested: b
         if episode is None:
             raise DatasetError(source, name, f"has a null episode at row {row}")
         try:
-            array = np.stack(list(episode)) if nested and len(episode) else np.asarray(episode)
+            if isinstance(episode, np.ndarray) and episode.dtype != object:
+                array = episode  # already [T, dim] (or [T]): no per-step work
+            else:  # Ray Data hands nested lists over as object arrays of per-step arrays
+                array = np.stack(list(episode)) if nested and len(episode) else np.asarray(episode)
         except ValueError as err:
             raise DatasetError(source, name, f"inconsistent step width in row {row}") from err
+        if array.ndim != (2 if nested else 1) and len(array):
+            raise DatasetError(source, name, f"row {row} has shape {array.shape}")
         per_episode.append(array)
     lengths = np.array([len(a) for a in per_episode], dtype=np.int64)
     non_empty = [a for a in per_episode if len(a)]
@@ -297,12 +317,15 @@ def validate_episode_batch(
     source: str,
     obs_dim: int,
     action_space_dict: Mapping[str, Any],
+    allow_empty: bool = True,
 ) -> int:
     """Check a batch of episode rows; raise :class:`DatasetError` naming source and field.
 
-    Accepts a pyarrow Table, a pandas DataFrame or Ray Data's numpy dict batch. Checks columns,
-    dtypes, per-episode lengths, obs/action widths, finiteness, actions inside the action space
-    and that ``return`` is the sum of ``rewards``. Returns the number of steps in the batch.
+    Accepts a pyarrow Table, a pandas DataFrame or Ray Data's numpy dict batch (Arrow batches
+    are checked fastest: no per-episode Python work). Checks columns, dtypes, per-episode
+    lengths, obs/action widths, finiteness, actions inside the action space and that
+    ``return`` is the sum of ``rewards``. Returns the number of steps in the batch.
+    ``allow_empty``: a streaming block may be empty after a filter; a shard file may not.
     """
     columns, arrow_typed = _as_columns(batch)
     missing = [c for c in EPISODE_COLUMNS if c not in columns]
@@ -310,6 +333,8 @@ def validate_episode_batch(
         raise DatasetError(source, missing[0], f"missing column(s) {missing}")
     num_rows = len(columns["eps_id"])
     if num_rows == 0:
+        if allow_empty:
+            return 0
         raise DatasetError(source, None, "holds no episodes (empty shard)")
     discrete = action_space_dict["type"] == "Discrete"
     flatten = _flatten_list_column if arrow_typed else _flatten_object_column
@@ -434,7 +459,11 @@ def validate_dataset(path: str | os.PathLike) -> dict[str, Any]:
     for shard in shards:
         table = _read_shard(fs, shard)
         steps += validate_episode_batch(
-            table, source=shard, obs_dim=obs_dim, action_space_dict=meta["action_space"]
+            table,
+            source=shard,
+            obs_dim=obs_dim,
+            action_space_dict=meta["action_space"],
+            allow_empty=False,
         )
         ids = table.column("eps_id").to_pylist()
         duplicated = seen_ids.intersection(ids)
@@ -624,14 +653,16 @@ class EpisodeDatasetWriter:
         if self._finished:
             raise RuntimeError("writer already closed")
         episode = Episode(
-            obs=np.ascontiguousarray(obs, dtype=np.float32).reshape(len(obs), -1),
-            actions=np.ascontiguousarray(actions, dtype=np.int64 if self.discrete else np.float32),
+            obs=_rows(obs, np.float32, self.obs_dim),
+            actions=(
+                np.ascontiguousarray(actions, dtype=np.int64).reshape(-1)
+                if self.discrete
+                else _rows(actions, np.float32, self.act_dim)
+            ),
             rewards=np.ascontiguousarray(rewards, dtype=np.float32).reshape(-1),
             terminated=bool(terminated),
             eps_id=eps_id or f"{self.name}-{len(self._returns) + len(self._buffer):07d}",
         )
-        if not self.discrete:
-            episode.actions = episode.actions.reshape(len(episode.actions), -1)
         if episode.eps_id in self._ids:
             raise DatasetError(
                 source or str(self.out_dir), "eps_id", f"duplicate id {episode.eps_id!r}"
@@ -809,6 +840,14 @@ class EpisodeDatasetWriter:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(self._tmp_dir, self.out_dir)
+
+
+def _rows(values: Any, dtype: type, width: int) -> np.ndarray:
+    """Per-step rows as a contiguous [T, width] array (flattening multi-dim observations)."""
+    array = np.ascontiguousarray(values, dtype=dtype)
+    if array.size == 0:
+        return array.reshape(len(array), width)
+    return array.reshape(len(array), -1)
 
 
 def _space_dict(space: gym.Space | Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,302 @@
+"""Multi-target evaluation on real Hopper-v5 env runners, against a hand-rolled DT loop.
+
+The rollouts of the env runners are compared with a Decision-Transformer loop that steps its
+own gymnasium env with the same seeds and the same policy. A randomly initialised LaMo
+module barely reacts to the return-to-go, so those comparisons use `ContextProbeModule`,
+whose action depends strongly on every context column; the Algorithm and checkpoint test runs
+the real LaMo module (tiny-gpt2).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from ray import cloudpickle
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from ray.rllib.env.env_runner_group import EnvRunnerGroup
+
+from rllib_lamo.connectors.decision_context import DecisionContext
+from rllib_lamo.data.shards import Episode, write_dataset
+from rllib_lamo.evaluation import (
+    TargetRollouts,
+    evaluate_checkpoint,
+    evaluate_target_returns,
+    run_target_returns,
+    summarise,
+    target_key,
+)
+from rllib_lamo.lamo import LaMoConfig
+from rllib_lamo.scores import reference_scores
+from rllib_lamo.windows import ACTIONS, ATTENTION_MASK, OBS, RETURNS_TO_GO, TIMESTEPS
+
+ENV_ID = "Hopper-v5"
+CONTEXT_LEN = 4
+RTG_SCALE = 100.0
+MAX_EP_LEN = 1000
+SEED = 5
+EVAL_SEED_OFFSET = 1_000_000  # RLlib adds this to the seed of evaluation env runners
+
+
+class ContextProbeModule(TorchRLModule):
+    """A fixed random policy whose action reacts to every column and position of the context."""
+
+    def setup(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        obs_dim, action_dim = self.observation_space.shape[0], self.action_space.shape[0]
+        self.obs_weight = torch.randn(obs_dim, action_dim, generator=generator) * 0.3
+        self.action_weight = torch.randn(action_dim, action_dim, generator=generator) * 0.3
+        self.rtg_weight = torch.randn(action_dim, generator=generator)
+        self.time_weight = torch.randn(action_dim, generator=generator)
+
+    def _forward(self, batch: dict, **kwargs) -> dict:
+        mask = batch[ATTENTION_MASK]
+        positions = torch.arange(1, mask.shape[1] + 1, dtype=torch.float32)
+        weights = (mask * positions / mask.shape[1]).unsqueeze(-1)  # later steps weigh more
+        features = (
+            batch[OBS] @ self.obs_weight
+            + 0.1 * batch[ACTIONS] @ self.action_weight
+            + batch[RETURNS_TO_GO].unsqueeze(-1) * self.rtg_weight
+            + torch.sin(0.3 * batch[TIMESTEPS].float()).unsqueeze(-1) * self.time_weight
+        )
+        actions = torch.tanh((weights * features).sum(dim=1))
+        return {Columns.ACTIONS: actions, Columns.ACTION_DIST_INPUTS: actions}
+
+
+# Env runners rebuild the probe from the config: ship its class by value, not by module name.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def lamo_config(
+    *, num_env_runners: int, num_envs: int, targets: list[float], probe: bool = False
+) -> LaMoConfig:
+    config = (
+        LaMoConfig()
+        .environment(ENV_ID, normalize_actions=False, clip_actions=True)
+        .training(
+            language_model="tiny-gpt2",
+            context_len=CONTEXT_LEN,
+            rtg_scale=RTG_SCALE,
+            max_ep_len=MAX_EP_LEN,
+            target_returns=targets,
+            train_batch_size_per_learner=8,
+            language_loss_coeff=0.0,
+        )
+        .env_runners(num_envs_per_env_runner=num_envs, episode_lookback_horizon=CONTEXT_LEN)
+        .evaluation(evaluation_num_env_runners=num_env_runners)
+        .debugging(seed=SEED)
+    )
+    if type(config).build_env_to_module_connector is AlgorithmConfig.build_env_to_module_connector:
+        # LaMoConfig does not add the connector itself yet: wire it the user-facing way.
+        settings = {
+            "context_len": CONTEXT_LEN,
+            "rtg_scale": RTG_SCALE,
+            "max_ep_len": MAX_EP_LEN,
+            "target_return": targets[0],
+        }
+        config.env_runners(env_to_module_connector=lambda *_: DecisionContext(**settings))
+    if probe:
+        config.rl_module(rl_module_spec=RLModuleSpec(module_class=ContextProbeModule))
+    return config
+
+
+def dt_context(obs: list, actions: list, rewards: list, target: float) -> dict[str, np.ndarray]:
+    """DT's evaluation context, position by position (current step last, left padding)."""
+    t = len(rewards)
+    context: dict[str, list] = {c: [] for c in (OBS, ACTIONS, RETURNS_TO_GO, TIMESTEPS)}
+    context[ATTENTION_MASK] = []
+    for step in range(t - CONTEXT_LEN + 1, t + 1):
+        real = step >= 0
+        context[OBS].append(obs[step] if real else np.zeros_like(obs[0]))
+        context[ACTIONS].append(actions[step] if 0 <= step < t else np.full(3, -10.0))
+        context[RETURNS_TO_GO].append((target - sum(rewards[:step])) / RTG_SCALE if real else 0)
+        context[TIMESTEPS].append(min(step, MAX_EP_LEN - 1) if real else 0)
+        context[ATTENTION_MASK].append(float(real))
+    dtypes = {TIMESTEPS: np.int64}
+    return {c: np.asarray(v, dtype=dtypes.get(c, np.float32)) for c, v in context.items()}
+
+
+def reference_episodes(
+    module: RLModule, *, seed: int, num_episodes: int, target: float
+) -> list[tuple[float, int]]:
+    """The first episodes of one env seeded like one vector-env slot of an env runner."""
+    env = gym.make(ENV_ID)
+    episodes = []
+    obs, _ = env.reset(seed=seed)
+    for index in range(num_episodes):
+        if index:
+            obs, _ = env.reset()
+        observations, actions, rewards = [obs], [], []
+        done = False
+        while not done:
+            context = dt_context(observations, actions, rewards, target)
+            batch = {column: torch.as_tensor(values)[None] for column, values in context.items()}
+            action = module.forward_inference(batch)[Columns.ACTIONS][0].numpy()
+            obs, reward, terminated, truncated, _ = env.step(np.clip(action, -1.0, 1.0))
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(float(reward))
+            done = terminated or truncated
+        episodes.append((sum(rewards), len(rewards)))
+    return episodes
+
+
+def policy_and_group(config: LaMoConfig) -> tuple[RLModule, EnvRunnerGroup]:
+    """A policy built here and evaluation env runners that carry its weights."""
+    eval_config = config.get_evaluation_config_object()
+    module = eval_config.get_rl_module_spec(env=gym.make(ENV_ID), inference_only=True).build()
+    state = module.get_state()
+    local = eval_config.num_env_runners == 0
+    group = EnvRunnerGroup(config=eval_config, local_env_runner=local)
+    group.foreach_env_runner(lambda runner: runner.module.set_state(state), local_env_runner=local)
+    return module, group
+
+
+def assert_summary_of(metrics: dict, episodes: list[tuple[float, int]]) -> None:
+    returns = np.array([r for r, _ in episodes])
+    assert metrics["num_episodes"] == len(episodes)
+    assert metrics["return_mean"] == pytest.approx(returns.mean(), rel=1e-4)
+    assert metrics["return_std"] == pytest.approx(returns.std(), rel=1e-3, abs=1e-6)
+    assert metrics["episode_len_mean"] == pytest.approx(np.mean([n for _, n in episodes]))
+
+
+def test_summary_layout_and_best_target():
+    rollouts = [
+        TargetRollouts(3600.0, returns=[1000.0, 1200.0], lengths=[300, 400]),
+        TargetRollouts(1800.0, returns=[1500.0, 1700.0], lengths=[500, 600]),
+    ]
+    metrics = summarise(rollouts, env_id=ENV_ID)
+    hopper = reference_scores(ENV_ID)
+    assert metrics["target_1800"] == {
+        "target_return": 1800.0,
+        "return_mean": 1600.0,
+        "return_std": 100.0,
+        "episode_len_mean": 550.0,
+        "num_episodes": 2,
+        "normalised_score_mean": pytest.approx(float(hopper.normalise(1600.0))),
+        "normalised_score_std": pytest.approx(100.0 * 100.0 / (hopper.expert - hopper.random)),
+    }
+    assert metrics["best"] == {
+        "target_return": 1800.0,
+        "return": 1600.0,
+        "normalised_score": pytest.approx(float(hopper.normalise(1600.0))),
+    }
+    unscored = summarise(rollouts, env_id="CartPole-v1")
+    assert "normalised_score_mean" not in unscored["target_3600"]
+    assert unscored["best"] == {"target_return": 1800.0, "return": 1600.0}
+    assert [target_key(t) for t in (3600.0, 0.5, -20)] == [
+        "target_3600",
+        "target_0.5",
+        "target_-20",
+    ]
+
+
+def test_remote_runners_match_reference_rollouts(ray_cluster):
+    targets = [3600.0, 500.0]
+    config = lamo_config(num_env_runners=2, num_envs=2, targets=targets, probe=True)
+    module, group = policy_and_group(config)
+    try:
+        metrics, env_steps, runner_metrics = run_target_returns(
+            group, target_returns=targets, num_episodes=6, env_id=ENV_ID
+        )
+    finally:
+        group.stop()
+
+    # 6 episodes over 2 runners x 2 slots: the first two episodes of slot 0, one of slot 1.
+    expected = []
+    for runner in (1, 2):
+        runner_seed = SEED + runner + EVAL_SEED_OFFSET
+        for slot, quota in enumerate((2, 1)):
+            expected += reference_episodes(
+                module, seed=runner_seed + slot, num_episodes=quota, target=targets[0]
+            )
+    assert_summary_of(metrics["target_3600"], expected)
+    assert metrics["target_500"]["num_episodes"] == 6
+    assert metrics["target_500"]["return_mean"] != metrics["target_3600"]["return_mean"]
+    best = max(targets, key=lambda t: metrics[target_key(t)]["return_mean"])
+    assert metrics["best"]["target_return"] == best
+    assert metrics["best"]["normalised_score"] == pytest.approx(
+        metrics[target_key(best)]["normalised_score_mean"]
+    )
+    assert env_steps == metrics["num_env_steps"] >= 12 * metrics["target_3600"]["episode_len_mean"]
+    assert len(runner_metrics) == 2
+
+
+def test_local_runner_when_there_are_no_remote_ones(ray_cluster):
+    config = lamo_config(num_env_runners=0, num_envs=1, targets=[100.0], probe=True)
+    module, group = policy_and_group(config)
+    try:
+        metrics, _, _ = run_target_returns(
+            group, target_returns=[100.0], num_episodes=3, env_id=ENV_ID
+        )
+    finally:
+        group.stop()
+    expected = reference_episodes(
+        module, seed=SEED + EVAL_SEED_OFFSET, num_episodes=3, target=100.0
+    )
+    assert_summary_of(metrics["target_100"], expected)
+
+
+@pytest.fixture(scope="module")
+def hopper_dataset(tmp_path_factory) -> str:
+    rng = np.random.default_rng(0)
+    env = gym.make(ENV_ID)
+    episodes = [
+        Episode(
+            obs=rng.normal(1.0, 2.0, size=(n, 11)).astype(np.float32),
+            actions=rng.uniform(-1, 1, size=(n, 3)).astype(np.float32),
+            rewards=rng.uniform(0, 3, size=n).astype(np.float32),
+            terminated=True,
+            eps_id=f"episode-{i}",
+        )
+        for i, n in enumerate(rng.integers(10, 40, size=16))
+    ]
+    path = tmp_path_factory.mktemp("data") / "hopper-toy"
+    write_dataset(
+        path,
+        episodes,
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        env_id=ENV_ID,
+    )
+    return str(path)
+
+
+def test_algorithm_evaluation_and_checkpoint(ray_cluster, hopper_dataset, tmp_path):
+    targets = [3600.0, 1800.0]
+    config = (
+        lamo_config(num_env_runners=0, num_envs=1, targets=targets)
+        .offline_data(input_=hopper_dataset, dataset_num_iters_per_learner=1)
+        .evaluation(
+            evaluation_interval=1,
+            evaluation_duration=2,
+            custom_evaluation_function=evaluate_target_returns,
+        )
+    )
+    algo = config.build_algo()
+    try:
+        results = algo.evaluate()
+        for target in targets:
+            assert results[target_key(target)]["num_episodes"] == 2
+        assert results["best"]["target_return"] in targets
+        assert "normalised_score" in results["best"]
+        assert results["env_runners"]["num_episodes"] >= 4
+        policy = algo.eval_env_runner_group.local_env_runner.module
+        checkpoint = algo.save_to_path(tmp_path / "checkpoint")
+    finally:
+        algo.stop()
+
+    metrics = evaluate_checkpoint(
+        checkpoint, episodes=2, target_returns=[1000.0], num_env_runners=0, seed=SEED
+    )
+    expected = reference_episodes(
+        policy, seed=SEED + EVAL_SEED_OFFSET, num_episodes=2, target=1000.0
+    )
+    assert_summary_of(metrics["target_100"], expected)
+    assert metrics["best"]["target_return"] == 1000.0
