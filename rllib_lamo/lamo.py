@@ -316,6 +316,12 @@ class LaMo(Algorithm):
         return results
 
     @override(Algorithm)
+    def cleanup(self) -> None:
+        if self.offline_data is not None:
+            self.offline_data.close()
+        super().cleanup()
+
+    @override(Algorithm)
     def get_state(self, *args: Any, **kwargs: Any) -> StateDict:
         state = super().get_state(*args, **kwargs)
         state["lamo"] = {

@@ -175,6 +175,10 @@ class LaMoOfflineData(OfflineData):
             self.batches_served += 1
             return _to_multi_agent_batch(batch)
 
+    def close(self) -> None:
+        """Drops the epoch's Ray Data iterator while Ray is still up to release it."""
+        self._epoch_batches = None
+
     def get_state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batches_served": self.batches_served, "seed": self.seed}
 

@@ -141,6 +141,14 @@ def test_yaml_experiment_resolves_paths_and_applies_overrides(bc_workdir: Path) 
     assert issubclass(spec.trainable, BC) and issubclass(spec.trainable, OfflineRestoreMixin)
 
 
+def test_one_file_may_hold_several_experiments(bc_workdir: Path) -> None:
+    first = bc_experiment()["cartpole-bc"]
+    second = first | {"config": first["config"] | {"lr": 1e-3}}
+    write_yaml(bc_workdir / "two.yaml", {"bc-a": first, "bc-b": second})
+    specs = load_experiments("two.yaml")
+    assert [(spec.name, spec.config.lr) for spec in specs] == [("bc-a", 1e-4), ("bc-b", 1e-3)]
+
+
 def test_python_experiment_file(bc_workdir: Path) -> None:
     path = bc_workdir / "bc_experiment.py"
     path.write_text(

@@ -281,7 +281,8 @@ def test_metadata_and_shards_read_through_a_uri(toy_dataset):
 def test_ray_data_reads_a_shard_folder(ray_cluster, toy_dataset):
     import ray
 
-    dataset = ray.data.read_parquet(str(toy_dataset))  # metadata.json is skipped by extension
+    # metadata.json is skipped by read_parquet's default file extensions.
+    dataset = ray.data.read_parquet(str(toy_dataset)).materialize()
     assert dataset.count() == 25
     meta = read_metadata(toy_dataset)
     steps = 0

@@ -536,10 +536,12 @@ def record_rollouts(
         episode_index["count"] += 1
         progress.update(len(rewards))
 
+    # Fewer envs than 16 when the budget is a handful of episodes: each env runs at least one.
+    max_len = gym.spec(env_id).max_episode_steps or 1000
     run_policy_episodes(
         lambda obs: model.predict(obs, deterministic=deterministic)[0],
         env_id,
-        num_envs=num_envs,
+        num_envs=max(1, min(num_envs, -(-num_steps // max_len))),
         seed=seed,
         keep_starting=keep_starting,
         on_episode=on_episode,
@@ -580,7 +582,13 @@ def generate(
             "replay_of": "medium policy training run",
         }
         meta = copy_episodes(
-            [replay_cache], out_path, overwrite=overwrite, name=out_path.name, source=source
+            [replay_cache],
+            out_path,
+            overwrite=overwrite,
+            name=out_path.name,
+            source=source,
+            v5_random_score=V5_RANDOM_RETURNS.get(recipe.env_id),
+            v5_expert_score=V5_EXPERT_RETURNS.get(recipe.env_id),
         )
         _print_done(out_path, meta, time.perf_counter() - started)
         return meta

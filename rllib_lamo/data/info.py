@@ -87,7 +87,6 @@ def _format_space(space: dict[str, Any]) -> str:
 def format_info(info: dict[str, Any]) -> str:
     """Human-readable report of :func:`dataset_info`."""
     policy = info["policy"] or {}
-    evaluated = policy.get("evaluated_return") or {}
     lines = [
         f"dataset     {info['path']}  (name {info['name']})",
         f"env         {info['env_id']}",
@@ -101,10 +100,17 @@ def format_info(info: dict[str, Any]) -> str:
         f"act space   {_format_space(info['action_space'])}",
         f"on disk     {info['size_bytes'] / 1e6:.2f} MB in {info['shards']} shard(s)",
     ]
-    if policy:
+    for part in policy.get("mixture") or ([policy] if policy else []):
+        evaluated = part.get("evaluated_return") or {}
+        mean = evaluated.get("mean")
         lines.append(
-            f"policy      {policy.get('algorithm')} after {policy.get('train_steps')} steps, "
-            f"evaluated return {evaluated.get('mean', 'n/a')}"
+            f"policy      {part.get('level') or ''} {part.get('algorithm')} after "
+            f"{part.get('train_steps')} training steps, evaluated return "
+            + (
+                f"{mean:.1f} over {evaluated.get('episodes')} episodes"
+                if mean is not None
+                else "n/a"
+            )
         )
     if info["source"]:
         lines.append(f"source      {info['source']}")

@@ -509,12 +509,15 @@ class Episode:
 
 
 def iter_shard_tables(
-    path: str | os.PathLike, columns: list[str] | None = None
+    path: str | os.PathLike,
+    columns: list[str] | None = None,
+    eps_ids: Collection[str] | None = None,
 ) -> Iterator[tuple[str, pa.Table]]:
-    """(shard path, table) for each shard: memory is bounded by one shard."""
+    """(shard path, table) for each shard, optionally only some episodes: one shard in memory."""
     fs, _ = resolve_filesystem(path)
+    filters = pc.field("eps_id").isin(list(eps_ids)) if eps_ids is not None else None
     for shard in list_shards(path):
-        yield shard, pq.read_table(shard, filesystem=fs, columns=columns)
+        yield shard, pq.read_table(shard, filesystem=fs, columns=columns, filters=filters)
 
 
 def episodes_from_table(table: pa.Table, *, source: str = "<table>") -> Iterator[Episode]:
@@ -540,10 +543,13 @@ def episodes_from_table(table: pa.Table, *, source: str = "<table>") -> Iterator
         )
 
 
-def iter_episodes(path: str | os.PathLike) -> Iterator[Episode]:
-    """Every episode of a dataset folder, shard by shard."""
-    for shard, table in iter_shard_tables(path):
-        yield from episodes_from_table(table, source=shard)
+def iter_episodes(
+    path: str | os.PathLike, eps_ids: Collection[str] | None = None
+) -> Iterator[Episode]:
+    """Every episode of a dataset folder (or only ``eps_ids``), shard by shard."""
+    for shard, table in iter_shard_tables(path, eps_ids=eps_ids):
+        if table.num_rows:
+            yield from episodes_from_table(table, source=shard)
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -903,16 +909,15 @@ def copy_episodes(
     options.update(metadata_overrides)
     with EpisodeDatasetWriter(out_dir, **options) as writer:
         for src in sources:
-            for episode in iter_episodes(src):
-                if keep_ids is None or episode.eps_id in keep_ids:
-                    writer.add_episode(
-                        episode.obs,
-                        episode.actions,
-                        episode.rewards,
-                        episode.terminated,
-                        episode.eps_id,
-                        source=src,
-                    )
+            for episode in iter_episodes(src, eps_ids=keep_ids):
+                writer.add_episode(
+                    episode.obs,
+                    episode.actions,
+                    episode.rewards,
+                    episode.terminated,
+                    episode.eps_id,
+                    source=src,
+                )
         return writer.close()
 
 
