@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the experiment(s) saved under the storage path, with their saved "
         "settings (unfinished and errored trials resume from their last checkpoint)",
     )
+    _add_mlflow_options(train_file)
     train_file.set_defaults(handler=train_from_file)
 
     evaluate = commands.add_parser(
@@ -126,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a LaMo checkpoint at its target returns",
         description="Roll out a LaMo checkpoint on env runners, per target return.",
     )
-    evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder or URI")
+    evaluate.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="checkpoint folder or URI, or an MLflow model (runs:/<run id>/policy, "
+        "models:/<name>/<version>)",
+    )
     evaluate.add_argument(
         "--episodes",
         type=_positive_int,
@@ -153,6 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, help="seed of the evaluation environments")
     evaluate.set_defaults(handler=evaluate_command)
     return parser
+
+
+def _add_mlflow_options(train_file: argparse.ArgumentParser) -> None:
+    """Experiment tracking (`rllib_lamo.tracking`): every trial is an MLflow run."""
+    group = train_file.add_argument_group("MLflow")
+    group.add_argument(
+        "--mlflow-uri",
+        metavar="URI",
+        help="tracking URI (default: the experiment's mlflow.tracking_uri, else "
+        "$MLFLOW_TRACKING_URI, else sqlite:///<storage path>/mlflow.db)",
+    )
+    group.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    group.add_argument(
+        "--register-model",
+        metavar="NAME",
+        help="register each trial's final policy in the MLflow model registry under NAME",
+    )
 
 
 def _ray_options_parser() -> argparse.ArgumentParser:
@@ -243,7 +266,7 @@ def run_experiment(spec: ExperimentSpec, storage_root: str, args: argparse.Names
                 storage_path=storage_root,
                 stop=spec.stop or None,
                 checkpoint_config=tune.CheckpointConfig(**checkpoint_settings),
-                callbacks=tune_callbacks(args),
+                callbacks=tune_callbacks(args, spec, storage_root),
                 verbose=1 if args.verbose else 0,
             ),
         )
@@ -251,11 +274,18 @@ def run_experiment(spec: ExperimentSpec, storage_root: str, args: argparse.Names
     return report_results(results, spec, args)
 
 
-def tune_callbacks(args: argparse.Namespace) -> list[Callback]:
-    """Tune callbacks of a run: the progress table (experiment tracking plugs in here)."""
+def tune_callbacks(
+    args: argparse.Namespace, spec: ExperimentSpec, storage_root: str
+) -> list[Callback]:
+    """Tune callbacks of a run: the progress table and, unless `--no-mlflow`, MLflow."""
     from rllib_lamo.progress import ProgressTable
 
-    return [ProgressTable(show_checkpoints=args.verbose)]
+    callbacks: list[Callback] = [ProgressTable(show_checkpoints=args.verbose)]
+    if not args.no_mlflow:
+        from rllib_lamo.tracking import mlflow_callback
+
+        callbacks.append(mlflow_callback(spec, storage_root, args.mlflow_uri, args.register_model))
+    return callbacks
 
 
 def report_results(results: ResultGrid, spec: ExperimentSpec, args: argparse.Namespace) -> int:
@@ -359,7 +389,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
     """`rllib evaluate`: rolls out a checkpoint per target return and prints a table."""
     _check_ray_options(args)
     checkpoint = args.checkpoint
-    if "://" not in checkpoint:
+    if checkpoint.startswith(("runs:/", "models:/")):
+        from rllib_lamo.tracking import local_checkpoint
+
+        checkpoint = local_checkpoint(checkpoint)
+    elif "://" not in checkpoint:
         if not Path(checkpoint).is_dir():
             raise ExperimentError(f"checkpoint folder not found: {checkpoint}")
         checkpoint = str(Path(checkpoint).resolve())

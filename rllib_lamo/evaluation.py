@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 # Env steps per sub-env between checks whether every slot has finished its episodes: small
 # enough to waste few steps after the last episode ends, large enough to amortise `sample()`.
-STEPS_PER_ENV_PER_SAMPLE = 25
+STEPS_PER_ENV_PER_SAMPLE = 10
 
 BEST_KEY = "best"
 

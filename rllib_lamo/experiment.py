@@ -13,6 +13,7 @@ YAML: a mapping of experiment names to experiments (one file may hold several)::
       checkpoint_config: {num_to_keep: 3}   # fields of ray.tune.CheckpointConfig
       storage_path: results     # optional; `--storage-path` overrides it
       num_samples: 1            # optional; Tune samples per search-space point
+      mlflow: {experiment_name: hopper, tags: {paper: lamo}}  # optional; see rllib_lamo.tracking
 
 Python: the file runs as a module and defines ``config`` (an `AlgorithmConfig`; its
 ``algo_class`` is the algorithm) and optionally ``stop`` (dict), ``name`` (default: the file's
@@ -43,8 +44,10 @@ if TYPE_CHECKING:
     from ray.rllib.algorithms.algorithm import Algorithm
     from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 
+    from rllib_lamo.tracking import MLflowSettings
+
 LAMO = "LaMo"
-OPTIONAL_KEYS = ("stop", "checkpoint_config", "storage_path", "num_samples")
+OPTIONAL_KEYS = ("stop", "checkpoint_config", "storage_path", "num_samples", "mlflow")
 EXPERIMENT_KEYS = ("run", "env", "config", *OPTIONAL_KEYS)
 # Old-style spellings `update_from_dict` translates to attribute names (`input` -> `input_`).
 CONFIG_KEY_ALIASES = {
@@ -80,6 +83,8 @@ class ExperimentSpec:
     checkpoint_config: dict[str, Any]
     storage_path: str | None
     num_samples: int
+    # The optional `mlflow:` block, checked (`rllib_lamo.tracking.MLflowSettings`).
+    mlflow: MLflowSettings | None = None
 
     @property
     def env(self) -> str:
@@ -342,6 +347,7 @@ def _yaml_experiment(
         checkpoint_config=body.get("checkpoint_config") or {},
         storage_path=body.get("storage_path"),
         num_samples=body.get("num_samples", 1),
+        mlflow=body.get("mlflow"),
         config_overrides=config_overrides,
         stop_overrides=stop_overrides,
         where=where,
@@ -380,6 +386,8 @@ def _load_python(
         checkpoint_config=namespace.get("checkpoint_config") or {},
         storage_path=namespace.get("storage_path"),
         num_samples=namespace.get("num_samples", 1),
+        # A module-level dict; `import mlflow` in the file is not a settings block.
+        mlflow=namespace.get("mlflow") if isinstance(namespace.get("mlflow"), Mapping) else None,
         config_overrides=config_overrides,
         stop_overrides=stop_overrides,
         where=where,
@@ -397,6 +405,7 @@ def _finish_spec(
     checkpoint_config: Any,
     storage_path: Any,
     num_samples: Any,
+    mlflow: Any,
     config_overrides: Mapping[str, Any],
     stop_overrides: Mapping[str, Any],
     where: str,
@@ -415,6 +424,10 @@ def _finish_spec(
         raise ExperimentError(f"{where}: `storage_path` must be a string")
     absolutize_paths(config, where)
     _check_config(config, where)
+    if mlflow is not None:
+        from rllib_lamo.tracking import mlflow_settings
+
+        mlflow = mlflow_settings(mlflow, where)
     return ExperimentSpec(
         name=name,
         source=source,
@@ -425,6 +438,7 @@ def _finish_spec(
         checkpoint_config=_checked_checkpoint_config(checkpoint_config, where),
         storage_path=storage_path,
         num_samples=num_samples,
+        mlflow=mlflow,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray import tune
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core import COMPONENT_LEARNER_GROUP, DEFAULT_MODULE_ID
@@ -29,6 +30,8 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.typing import ResultDict, StateDict
 
+from rllib_lamo.connectors.decision_context import decision_context_connector
+from rllib_lamo.evaluation import evaluate_target_returns
 from rllib_lamo.offline_data import LaMoOfflineData
 
 EMBEDDING_KINDS = ("mlp", "linear")
@@ -87,6 +90,13 @@ class LaMoConfig(AlgorithmConfig):
         self.data_subset_seed = 0
         # Evaluation: one set of episodes per target return (in raw, unscaled return units).
         self.target_returns: list[float] = [3600.0, 1800.0]
+        self.custom_evaluation_function = evaluate_target_returns
+        self.evaluation_duration = 20  # episodes per target return, as in the paper
+        # Evaluation contexts need K steps of history, also when RLlib cuts long episodes.
+        self.episode_lookback_horizon = self.context_len
+        # The policy is trained on the dataset's raw actions: no rescaling, only clipping.
+        self.normalize_actions = False
+        self.clip_actions = True
 
         # Offline defaults: gradient steps per `train()` call; windows are re-sampled every epoch.
         self.dataset_num_iters_per_learner = 100
@@ -157,6 +167,7 @@ class LaMoConfig(AlgorithmConfig):
         for name, value in settings.items():
             if value is not NotProvided:
                 setattr(self, name, value)
+        self.episode_lookback_horizon = max(self.episode_lookback_horizon, self.context_len)
         return self
 
     @override(AlgorithmConfig)
@@ -208,6 +219,8 @@ class LaMoConfig(AlgorithmConfig):
             self._value_error("`context_len` and `max_ep_len` must be positive.")
         if self.language_loss_coeff < 0:
             self._value_error("`language_loss_coeff` must be >= 0.")
+        if self.episode_lookback_horizon < self.context_len - 1:
+            self._value_error("`episode_lookback_horizon` must be >= `context_len - 1`.")
         if not self.target_returns:
             self._value_error("`target_returns` needs at least one target return.")
         if self.num_learners == 0 and not self.dataset_num_iters_per_learner:
@@ -216,6 +229,22 @@ class LaMoConfig(AlgorithmConfig):
                 "`config.offline_data(dataset_num_iters_per_learner=...)`."
             )
 
+    @override(AlgorithmConfig)
+    def build_env_to_module_connector(
+        self, env: Any = None, spaces: Any = None, device: Any = None
+    ):
+        """RLlib's default pipeline, fed by the last-K decision context of each episode."""
+        pipeline = super().build_env_to_module_connector(env=env, spaces=spaces, device=device)
+        pipeline.prepend(decision_context_connector(self))
+        return pipeline
+
+    @override(AlgorithmConfig)
+    def get_evaluation_config_object(self) -> AlgorithmConfig | None:
+        # With remote evaluation runners a driver-side one would only hold another LM copy.
+        eval_config = super().get_evaluation_config_object()
+        if eval_config is not None and eval_config.num_env_runners > 0:
+            eval_config.create_local_env_runner = False
+        return eval_config
 
     def _spaces_from_dataset_if_unset(self) -> None:
         """Training needs no env: without one, the dataset's metadata names the spaces."""
@@ -307,12 +336,12 @@ class LaMo(Algorithm):
     def evaluate(self, *args: Any, **kwargs: Any) -> ResultDict:
         """Evaluates every target return and keeps the best normalised score seen so far."""
         results = super().evaluate(*args, **kwargs)
-        best = results.get("evaluation", results).get("best") if results else None
+        best = results.get("best") if results else None
         if best:
             key = "normalised_score" if "normalised_score" in best else "return"
             if self._best_evaluation is None or best[key] > self._best_evaluation[key]:
                 self._best_evaluation = {**best, "iteration": self.iteration}
-            results.setdefault("evaluation", results)["best_so_far"] = dict(self._best_evaluation)
+            results["best_so_far"] = dict(self._best_evaluation)
         return results
 
     @override(Algorithm)
@@ -376,3 +405,7 @@ def _learner_major_concat(batches: list[Any], num_learners: int) -> Any:
                 )
             )
     return concat_samples(pieces)
+
+
+# `tune.Tuner("LaMo", ...)` and `run: LaMo` in experiment files find the algorithm by name.
+tune.register_trainable("LaMo", LaMo)

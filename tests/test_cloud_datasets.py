@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from rllib_lamo.data.shards import DatasetError, list_shards, read_metadata
+from rllib_lamo.data.shards import list_shards, read_metadata
 from rllib_lamo.data.subsets import episode_index
 from rllib_lamo.lamo import LaMoConfig
 from rllib_lamo.offline_data import LaMoOfflineData
@@ -69,9 +69,7 @@ def datasets(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> tupl
     s3.create_dir(BUCKET)
     for name in FILES:
         shutil.copyfile(SHIPPED / name, local / name)
-        pafs.copy_files(
-            str(local / name), f"{BUCKET}/{PREFIX}/{name}", destination_filesystem=s3
-        )
+        pafs.copy_files(str(local / name), f"{BUCKET}/{PREFIX}/{name}", destination_filesystem=s3)
     return str(local), URI
 
 
@@ -116,7 +114,7 @@ def test_ray_data_reads_episode_rows_from_s3(ray_cluster, datasets, s3_endpoint)
     assert len(remote) > 0
 
 
-def make_offline_data(path: str, **offline_data: object) -> LaMoOfflineData:
+def make_offline_data(path: str | list[str], **offline_data: object) -> LaMoOfflineData:
     config = (
         LaMoConfig()
         .offline_data(input_=path, **offline_data)
@@ -127,9 +125,10 @@ def make_offline_data(path: str, **offline_data: object) -> LaMoOfflineData:
 
 
 def test_offline_data_summary_from_s3_matches_local(ray_cluster, datasets, endpoint_env):
+    """Works today with two workarounds: `input_` as a list, and the endpoint in the env."""
     local, uri = datasets
     remote = make_offline_data(
-        uri, input_filesystem="s3", input_filesystem_kwargs=s3_kwargs(endpoint_env)
+        [uri], input_filesystem="s3", input_filesystem_kwargs=s3_kwargs(endpoint_env)
     )
     assert remote.summary == make_offline_data(local).summary
     assert remote.summary.num_episodes == len(episode_index(local)[0])
@@ -137,14 +136,14 @@ def test_offline_data_summary_from_s3_matches_local(ray_cluster, datasets, endpo
 
 @pytest.mark.xfail(
     strict=True,
-    raises=(OSError, DatasetError),
-    reason="read_metadata/episode_index resolve s3:// URIs with pyarrow's defaults and ignore "
-    "`input_filesystem_kwargs` (no endpoint override without AWS_ENDPOINT_URL); see "
-    "cluster/README.md, 'Datasets in object storage'",
+    raises=(OSError, ValueError),
+    reason="(1) Ray 2.60's OfflineData wraps a str `input_` in pathlib.Path, turning "
+    "'s3://b/k' into 's3:/b/k' (ArrowInvalid with a filesystem); (2) read_metadata and "
+    "episode_index resolve the URI with pyarrow's defaults and ignore "
+    "`input_filesystem_kwargs`, so without AWS_ENDPOINT_URL they never reach the endpoint",
 )
-def test_offline_data_from_filesystem_kwargs_alone(
-    ray_cluster, datasets, s3_endpoint, credentials_only_env
-):
+def test_offline_data_from_config_alone(ray_cluster, datasets, s3_endpoint, credentials_only_env):
+    """The documented way: a plain URI and the filesystem kwargs, nothing in the environment."""
     local, uri = datasets
     remote = make_offline_data(
         uri, input_filesystem="s3", input_filesystem_kwargs=s3_kwargs(s3_endpoint)

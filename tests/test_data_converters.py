@@ -144,6 +144,7 @@ def test_from_d4rl_splits_episodes_across_chunks(tmp_path, hopper_rollouts):
         ({"actions": "outside"}, "actions"),
         ({"rewards": "text"}, "rewards"),
         ({"terminals": "short"}, "terminals"),
+        ({"timeouts": "text"}, "timeouts"),
     ],
 )
 def test_from_d4rl_refuses_bad_files_and_writes_nothing(
@@ -162,7 +163,7 @@ def test_from_d4rl_refuses_bad_files_and_writes_nothing(
             np.arange(flat["observations"].shape[1]) == 2, np.nan, flat["observations"]
         ),
         "outside": flat["actions"] * 4.0,
-        "text": np.array([b"x"] * len(flat["rewards"])),
+        "text": np.array([b"x"] * len(flat["rewards"])),  # strings where numbers belong
         "short": flat["terminals"][:-3] if name == "terminals" else None,
     }[change]
     path = tmp_path / "bad.hdf5"

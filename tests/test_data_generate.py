@@ -82,6 +82,12 @@ def test_replay_and_medium_expert_reuse_the_cached_policies(tmp_path, tiny_hoppe
     assert mixed["num_steps"] >= 1600
     assert [p["level"] for p in mixed["policy"]["mixture"]] == ["medium", "expert"]
     assert (cache / "hopper-seed1" / "expert-policy.zip").exists()
+    # D4RL's definition: medium-expert is the medium set followed by the expert set.
+    generation.generate("hopper", "medium", tmp_path / "medium", **kwargs)
+    generation.generate("hopper", "expert", tmp_path / "expert", **kwargs)
+    assert _contents(tmp_path / "mixed") == (
+        _contents(tmp_path / "medium") + _contents(tmp_path / "expert")
+    )
 
 
 def test_generate_refuses_to_overwrite(tmp_path, capsys):

@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import torch
 from ray import cloudpickle
-from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.env.env_runner_group import EnvRunnerGroup
 
-from rllib_lamo.connectors.decision_context import DecisionContext
+from rllib_lamo.connectors.decision_context import (
+    decision_context_of,
+    set_target_return,
+)
 from rllib_lamo.data.shards import Episode, write_dataset
 from rllib_lamo.evaluation import (
     TargetRollouts,
@@ -92,15 +94,6 @@ def lamo_config(
         .evaluation(evaluation_num_env_runners=num_env_runners)
         .debugging(seed=SEED)
     )
-    if type(config).build_env_to_module_connector is AlgorithmConfig.build_env_to_module_connector:
-        # LaMoConfig does not add the connector itself yet: wire it the user-facing way.
-        settings = {
-            "context_len": CONTEXT_LEN,
-            "rtg_scale": RTG_SCALE,
-            "max_ep_len": MAX_EP_LEN,
-            "target_return": targets[0],
-        }
-        config.env_runners(env_to_module_connector=lambda *_: DecisionContext(**settings))
     if probe:
         config.rl_module(rl_module_spec=RLModuleSpec(module_class=ContextProbeModule))
     return config
@@ -205,8 +198,13 @@ def test_remote_runners_match_reference_rollouts(ray_cluster):
         metrics, env_steps, runner_metrics = run_target_returns(
             group, target_returns=targets, num_episodes=6, env_id=ENV_ID
         )
+        set_target_return(group, 77.0)
+        on_runners = group.foreach_env_runner(
+            lambda runner: decision_context_of(runner).target_return, local_env_runner=False
+        )
     finally:
         group.stop()
+    assert on_runners == [77.0, 77.0]
 
     # 6 episodes over 2 runners x 2 slots: the first two episodes of slot 0, one of slot 1.
     expected = []

@@ -71,11 +71,13 @@ class DecisionContext(ConnectorV2):
         target_return: float,
         **kwargs: Any,
     ):
-        """Args:
-        context_len: K, the number of steps in a context.
-        rtg_scale: Returns-to-go are divided by this before they reach the module.
-        max_ep_len: Size of the module's timestep embedding (timesteps are clipped to it).
-        target_return: Return-to-go of new episodes, in raw (unscaled) return units.
+        """Initialises the piece; the connector pipeline sets the input spaces.
+
+        Args:
+            context_len: K, the number of steps in a context.
+            rtg_scale: Returns-to-go are divided by this before they reach the module.
+            max_ep_len: Size of the module's timestep embedding (timesteps are clipped to it).
+            target_return: Return-to-go of new episodes, in raw (unscaled) return units.
         """
         super().__init__(input_observation_space, input_action_space, **kwargs)
         if context_len < 1 or max_ep_len < 1 or rtg_scale <= 0:

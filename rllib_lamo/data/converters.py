@@ -152,6 +152,8 @@ def iter_d4rl_episodes(
             for name in ("observations", "actions", "rewards"):
                 chunk[name] = _as_float32(chunk[name], f"{source} (rows {start}-{stop})", name)
             for name in ("terminals", "timeouts"):
+                if chunk[name].dtype != np.bool_:  # D4RL stores bool; 0/1 numbers are accepted
+                    _as_float32(chunk[name], f"{source} (rows {start}-{stop})", name)
                 chunk[name] = chunk[name].astype(bool)
             if carried is not None:
                 chunk = {k: np.concatenate([carried[k], chunk[k]]) for k in chunk}

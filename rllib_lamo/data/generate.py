@@ -447,6 +447,8 @@ def train_policy(
             )
         model.save(model_path)
     else:
+        if callback.best is None:
+            callback.evaluate()  # the budget was shorter than one evaluation interval
         chosen = callback.best
         model = algorithm.load(model_path, device="cpu")
     record = PolicyRecord(
@@ -500,6 +502,10 @@ def _dataset_writer(
         )
     finally:
         env.close()
+
+
+# Each policy's rollouts have their own seeds, so medium-expert is exactly medium + expert.
+_ROLLOUT_SEED_OFFSET = {"medium": 1000, "expert": 2000}
 
 
 def record_rollouts(
@@ -622,13 +628,13 @@ def generate(
         out_path, task, seed, source=source, policy=policy_meta, overwrite=overwrite
     )
     with writer:
-        for offset, (level, model, _record) in enumerate(policies):
+        for level, model, _record in policies:
             record_rollouts(
                 model,
                 writer,
                 env_id=recipe.env_id,
                 num_steps=num_steps,
-                seed=seed + 1000 * (offset + 1),
+                seed=seed + _ROLLOUT_SEED_OFFSET[level],
                 deterministic=recipe.deterministic_rollouts,
                 id_prefix=f"{task}-{level}-s{seed}",
                 show_progress=show_progress,
