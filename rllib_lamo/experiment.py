@@ -31,6 +31,7 @@ import dataclasses
 import difflib
 import inspect
 import logging
+import re
 import runpy
 import textwrap
 from collections.abc import Mapping
@@ -496,8 +497,45 @@ def _absolute_inputs(value: Any, base: Path, where: str) -> Any:
         return value
     resolved = (base / value).resolve()
     if not resolved.exists():
-        raise ExperimentError(f"{where}: input_ path not found: {value} (looked in {base})")
+        request = generatable_dataset(resolved.name)
+        if request is None:
+            raise ExperimentError(f"{where}: input_ path not found: {value} (looked in {base})")
+        _generate_missing_dataset(resolved, *request, where=where)
     return str(resolved)
+
+
+# `<task>-<kind>-v5` (the generator's default size) or `<task>-<kind>-v5-<N>k|m` (N steps).
+GENERATABLE_DATASET = re.compile(
+    r"^(?P<task>hopper|walker2d|halfcheetah)-(?P<kind>medium-replay|medium-expert|medium|expert)"
+    r"-v5(?:-(?P<count>\d+)(?P<unit>[km]))?$"
+)
+
+
+def generatable_dataset(folder_name: str) -> tuple[str, str, int | None] | None:
+    """(task, kind, steps) when `lamo-data generate` can make a dataset of this folder name."""
+    match = GENERATABLE_DATASET.match(folder_name)
+    if match is None:
+        return None
+    steps = None
+    if match["count"]:
+        steps = int(match["count"]) * (1_000 if match["unit"] == "k" else 1_000_000)
+    return match["task"], match["kind"], steps
+
+
+def _generate_missing_dataset(
+    out: Path, task: str, kind: str, steps: int | None, *, where: str
+) -> None:
+    """Makes a missing generated dataset on the spot, saying so, rather than failing."""
+    from rllib_lamo.data.generate import DEFAULT_NUM_STEPS, generate
+
+    steps = steps or DEFAULT_NUM_STEPS
+    print(
+        f"rllib: {where}: dataset {out} does not exist yet; generating it now "
+        f"(lamo-data generate {task} --kind {kind} --steps {steps} --out {out}). "
+        "This trains a behaviour policy first and can take a while.",
+        flush=True,
+    )
+    generate(task, kind, out, num_steps=steps)
 
 
 def _is_uri(value: str) -> bool:

@@ -265,6 +265,7 @@ class LaMoMLflowCallback(MLflowLoggerCallback):
         self.video_every = video_every
         self.video_max_steps = video_max_steps
         self._checkpoints_logged: dict[str, int] = {}
+        self._videos_logged: set[tuple[str, str]] = set()
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
         import mlflow
@@ -358,7 +359,7 @@ class LaMoMLflowCallback(MLflowLoggerCallback):
             count = self._checkpoints_logged.get(trial.trial_id, 0) + 1
             self._checkpoints_logged[trial.trial_id] = count
             if self.video_every and count % self.video_every == 0:
-                self._log_videos(run_id, local_dir, name)
+                self.log_videos(run_id, local_dir, name)
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
         run_id = self._trial_runs.get(trial)
@@ -367,7 +368,7 @@ class LaMoMLflowCallback(MLflowLoggerCallback):
             if not failed and trial.checkpoint is not None:
                 with trial.checkpoint.as_directory() as local_dir:
                     if self.video_every:
-                        self._log_videos(run_id, local_dir, Path(trial.checkpoint.path).name)
+                        self.log_videos(run_id, local_dir, Path(trial.checkpoint.path).name)
                     self._log_policy(run_id, local_dir)
         super().log_trial_end(trial, failed)
 
@@ -382,11 +383,14 @@ class LaMoMLflowCallback(MLflowLoggerCallback):
 
             plt.close(figure)
 
-    def _log_videos(self, run_id: str, checkpoint_dir: str, checkpoint_name: str) -> None:
+    def log_videos(self, run_id: str, checkpoint_dir: str, checkpoint_name: str) -> None:
         """One GIF per target return, or a logged note (and a `videos` tag) why there is none.
 
         A video is a nice-to-have: no failure here may end the trial.
         """
+        if (run_id, checkpoint_name) in self._videos_logged:
+            return
+        self._videos_logged.add((run_id, checkpoint_name))
         try:
             with tempfile.TemporaryDirectory() as folder:
                 for video in record_policy_videos(
@@ -412,7 +416,7 @@ class LaMoMLflowCallback(MLflowLoggerCallback):
                 pip_requirements=[f"{p}=={v}" for p, v in _installed(("rllib-lamo", "ray"))],
             )
         if self.register_model:
-            version = mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME}", self.register_model)
+            version = mlflow.register_model(info.model_uri, self.register_model)
             print(
                 f"rllib: registered {info.model_uri} as model {version.name!r} "
                 f"version {version.version}",

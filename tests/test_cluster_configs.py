@@ -45,22 +45,28 @@ def load(path: Path) -> dict[str, Any]:
         return yaml.safe_load(f)
 
 
-def lamo_bundles(num_learners: int = 2, eval_runners: int = 4) -> list[dict[str, float]]:
-    """The resource bundles LaMo asks Ray for with the settings cluster/README.md documents."""
+def readme_settings() -> dict[str, Any]:
+    """The RLlib settings cluster/README.md tells users to add (its first YAML block)."""
+    text = (CLUSTER / "README.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    return yaml.safe_load(block)
+
+
+def lamo_bundles() -> list[dict[str, float]]:
+    """The resource bundles LaMo asks Ray for with the README's settings."""
     from rllib_lamo.lamo import LaMo, LaMoConfig
 
-    config = (
-        LaMoConfig()
-        .environment("Hopper-v5")
-        .learners(
-            num_learners=num_learners,
-            num_gpus_per_learner=1,
-            custom_resources_per_learner={"learner": 1},
-        )
-        .env_runners(custom_resources_per_env_runner={"evaluation": 1})
-        .evaluation(evaluation_num_env_runners=eval_runners, evaluation_interval=1)
-    )
+    settings = {**readme_settings(), "evaluation_interval": 1}
+    config = LaMoConfig().environment("Hopper-v5").update_from_dict(settings)
     return LaMo.default_resource_request(config).bundles
+
+
+def test_readme_settings_pin_learners_and_eval_runners():
+    bundles = lamo_bundles()
+    settings = readme_settings()
+    assert bundles.count({"GPU": 1.0, "learner": 1.0}) == settings["num_learners"]
+    eval_bundle = {"CPU": 1.0, "evaluation": 1.0}
+    assert bundles.count(eval_bundle) == settings["evaluation_num_env_runners"]
 
 
 def assert_bundles_fit(bundles: list[dict[str, float]], node_types: Mapping[str, Resources]):
@@ -326,8 +332,8 @@ def test_ray_job_submit_runs_on_the_cluster(local_head: tuple[str, dict[str, str
     )
     status = ""
     deadline = time.monotonic() + 180
-    while "SUCCEEDED" not in status:
-        assert "FAILED" not in status, ray_job(local_head, "logs", submission_id)
+    while "succeeded" not in status.lower():
+        assert "failed" not in status.lower(), ray_job(local_head, "logs", submission_id)
         assert time.monotonic() < deadline, status
         time.sleep(2)
         status = ray_job(local_head, "status", submission_id)

@@ -1,0 +1,370 @@
+"""MLflow tracking of `rllib train file` runs, against a real `mlflow server` and SQLite stores.
+
+The module fixture starts `mlflow server` on loopback (SQLite backend, proxied artifacts),
+trains a tiny LaMo (tiny random GPT-2, 2 iterations, evaluation every iteration) through the
+installed `rllib` console script with ``--mlflow-uri`` and ``--register-model``, and the tests
+read back what the run holds, load the logged policy, and evaluate it from its ``runs:/`` URI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rllib_lamo.experiment import ExperimentError, load_experiments
+from rllib_lamo.tracking import (
+    MODEL_NAME,
+    MLflowSettings,
+    iteration_metrics,
+    local_checkpoint,
+    resolve_tracking_uri,
+)
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("rllib")
+RLLIB = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [shutil.which("rllib") or "rllib"]
+MLFLOW = [str(Path(sys.executable).with_name("mlflow"))]
+SMALL_RAY = ["--ray-num-cpus", "4", "--ray-object-store-mb", "300"]
+EXPERIMENT = "hopper-lamo-tracked"
+REGISTERED_MODEL = "lamo-tiny-hopper"
+
+
+def tiny_lamo_experiment(**config: object) -> dict:
+    """A LaMo run of seconds per iteration on a toy Hopper-shaped dataset."""
+    return {
+        "run": "LaMo",
+        "env": "Hopper-v5",
+        "stop": {"training_iteration": 2},
+        "config": {
+            "input_": "datasets/hopper-toy",
+            "language_model": "tiny-gpt2",
+            "context_len": 5,
+            "text_block_len": 32,
+            "train_batch_size_per_learner": 8,
+            "dataset_num_iters_per_learner": 2,
+            "warmup_steps": 2,
+            "target_returns": [100.0, 50.0],
+            "evaluation_interval": 1,
+            "evaluation_num_env_runners": 1,
+            "evaluation_duration": 1,
+            **config,
+        },
+    }
+
+
+def write_workdir(folder: Path, experiments: dict) -> Path:
+    from rllib_lamo.data.testing import write_toy_dataset
+
+    write_toy_dataset(
+        folder / "datasets" / "hopper-toy", 12, obs_dim=11, act_dim=3, env_id="Hopper-v5"
+    )
+    path = folder / "experiments.yaml"
+    path.write_text(yaml.safe_dump(experiments, sort_keys=False))
+    return path
+
+
+def run_rllib(
+    *args: str, cwd: Path, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    environment.update(env)
+    return subprocess.run(
+        [*RLLIB, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on loopback, SQLite-backed, serving artifacts; stopped after."""
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            *MLFLOW,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / "server.log").open("w"),
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"mlflow server did not start: {(folder / 'server.log').read_text()}"
+                )
+            time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.fixture(scope="module")
+def tracked_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny LaMo run logged to the server; returns its MLflow run and the CLI output."""
+    from mlflow import MlflowClient
+
+    workdir = tmp_path_factory.mktemp("tracked")
+    experiment = tiny_lamo_experiment()
+    experiment["mlflow"] = {"tags": {"purpose": "test"}, "video_every": 1, "video_max_steps": 30}
+    write_workdir(workdir, {EXPERIMENT: experiment})
+    started = time.perf_counter()
+    completed = run_rllib(
+        "train",
+        "file",
+        "experiments.yaml",
+        "--checkpoint-freq",
+        "1",
+        "--mlflow-uri",
+        mlflow_server,
+        "--register-model",
+        REGISTERED_MODEL,
+        *SMALL_RAY,
+        cwd=workdir,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    (run,) = client.search_runs([experiment_id])
+    return {
+        "client": client,
+        "run": run,
+        "uri": mlflow_server,
+        "workdir": workdir,
+        "stdout": completed.stdout,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+# ------------------------------------------------------------------------- fast, no Ray
+def test_mlflow_block_is_read_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    document = {"x": tiny_lamo_experiment()}
+    document["x"]["mlflow"] = {"experiment_name": "paper", "tags": {"seed_group": 1}}
+    path = write_workdir(tmp_path, document)
+    (spec,) = load_experiments(path)
+    assert spec.mlflow == MLflowSettings(experiment_name="paper", tags={"seed_group": "1"})
+
+    document["x"]["mlflow"] = {"tracking_url": "sqlite:///x.db"}
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ExperimentError, match="unknown mlflow key 'tracking_url'; valid: "):
+        load_experiments(path)
+
+
+def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from_yaml = MLflowSettings(tracking_uri="http://yaml:5000")
+    assert resolve_tracking_uri("http://flag:5000", from_yaml, str(tmp_path)) == "http://flag:5000"
+    assert resolve_tracking_uri(None, from_yaml, str(tmp_path)) == "http://yaml:5000"
+    assert resolve_tracking_uri(None, MLflowSettings(), str(tmp_path)) == (
+        f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert resolve_tracking_uri(None, MLflowSettings(), str(tmp_path)) == "http://env:5000"
+    assert resolve_tracking_uri(None, from_yaml, str(tmp_path)) == "http://yaml:5000"
+
+
+def test_evaluation_metrics_are_logged_only_when_evaluation_ran() -> None:
+    result = {
+        "training_iteration": 3,
+        "windows_per_s": 120.0,
+        "learners": {"default_policy": {"action_loss": 0.5, "lr_heads": 1e-4}},
+        "evaluation": {
+            "target_3600": {"return_mean": 900.0, "normalised_score_mean": 28.3},
+            "best": {"return": 900.0, "normalised_score": 28.3, "target_return": 3600.0},
+            "best_so_far": {"normalised_score": 30.1},
+            "env_runners": {"episode_return_mean": 900.0},
+        },
+    }
+    assert iteration_metrics(result, evaluated=False) == {
+        "action_loss": 0.5,
+        "lr_heads": 1e-4,
+        "windows_per_s": 120.0,
+    }
+    evaluated = iteration_metrics(result, evaluated=True)
+    assert evaluated["eval/target_3600/normalised_score_mean"] == 28.3
+    assert evaluated["eval/best/target_return"] == 3600.0
+    assert evaluated["eval/best_so_far/normalised_score"] == 30.1
+    assert not any("env_runners" in name for name in evaluated)
+
+
+# ------------------------------------------------------------- a real run, a real server
+def test_run_holds_names_params_tags_and_metrics(tracked_run: dict) -> None:
+    run = tracked_run["run"]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith(f"{EXPERIMENT}-")
+    params = run.data.params
+    assert params["language_model"] == "tiny-gpt2" and params["lora_rank"] == "16"
+    assert params["embedding"] == "mlp" and params["language_loss_coeff"] == "0.1"
+    assert params["data_ratio"] == "1.0" and params["seed"] == "None"
+    assert params["dataset_id"] == "hopper-toy" and len(params["dataset_hash"]) == 64
+    assert params["method"] == "LaMo"
+    tags = run.data.tags
+    assert len(tags["git_commit"]) == 40 and tags["version.ray"].startswith("2.60")
+    assert tags["purpose"] == "test" and tags["algorithm"] == "LaMo"
+
+    client = tracked_run["client"]
+    losses = client.get_metric_history(run.info.run_id, "action_loss")
+    assert [point.step for point in losses] == [1, 2]
+    for name in ("language_loss", "lr_heads", "windows_per_s", "time_this_iter_s"):
+        assert name in run.data.metrics, name
+    for name in (
+        "eval/target_100/normalised_score_mean",
+        "eval/target_50/return_mean",
+        "eval/best/normalised_score",
+        "eval/best_so_far/normalised_score",
+    ):
+        assert len(client.get_metric_history(run.info.run_id, name)) == 2, name
+
+
+def test_run_holds_config_checkpoints_plot_videos_and_model(tracked_run: dict) -> None:
+    client, run_id = tracked_run["client"], tracked_run["run"].info.run_id
+    top = {artifact.path for artifact in client.list_artifacts(run_id)}
+    assert {"config", "checkpoints", "plots", "videos"} <= top
+    assert {a.path for a in client.list_artifacts(run_id, "config")} == {
+        "config/experiments.yaml",
+        "config/trial_config.json",
+    }
+    checkpoints = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    assert checkpoints == {"checkpoints/checkpoint_000000", "checkpoints/checkpoint_000001"}
+    plot = client.list_artifacts(run_id, "plots")[0]
+    assert plot.path == "plots/learning_curve.png" and plot.file_size > 10_000
+    videos = sorted(a.path for a in client.list_artifacts(run_id, "videos"))
+    assert videos == [
+        "videos/checkpoint_000000_target_100.gif",
+        "videos/checkpoint_000000_target_50.gif",
+        "videos/checkpoint_000001_target_100.gif",
+        "videos/checkpoint_000001_target_50.gif",
+    ]
+    (version,) = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+    assert version.run_id == run_id
+    assert "registered models:/" in tracked_run["stdout"]
+
+
+def test_logged_policy_loads_and_acts(tracked_run: dict) -> None:
+    """The `policy` pyfunc predicts actions and steps the real env (MuJoCo Hopper)."""
+    import gymnasium as gym
+    import mlflow.pyfunc
+
+    from rllib_lamo.tracking import rollout_episode
+
+    mlflow.set_tracking_uri(tracked_run["uri"])
+    model = mlflow.pyfunc.load_model(f"runs:/{tracked_run['run'].info.run_id}/{MODEL_NAME}")
+    policy = model.unwrap_python_model()
+    k = policy.config.context_len
+    contexts = {
+        "obs": np.zeros((4, k, 11), np.float32),
+        "actions": np.full((4, k, 3), -10.0, np.float32),
+        "returns_to_go": np.full((4, k), 0.1, np.float32),
+        "timesteps": np.zeros((4, k), np.int64),
+        "attention_mask": np.ones((4, k), np.float32),
+    }
+    actions = model.predict(contexts)
+    assert actions.shape == (4, 3) and np.isfinite(actions).all()
+
+    env = gym.make("Hopper-v5")
+    try:
+        rollout = rollout_episode(policy.module, policy.config, env, 100.0, max_steps=50, seed=0)
+    finally:
+        env.close()
+    assert 1 <= rollout.length <= 50 and np.isfinite(rollout.episode_return)
+
+
+def test_rllib_evaluate_runs_uri(tracked_run: dict) -> None:
+    """`rllib evaluate runs:/<id>/policy` downloads the model's checkpoint and rolls it out."""
+    uri = f"runs:/{tracked_run['run'].info.run_id}/{MODEL_NAME}"
+    evaluated = run_rllib(
+        "evaluate",
+        uri,
+        "--episodes",
+        "1",
+        "--target-return",
+        "50",
+        "--num-env-runners",
+        "0",
+        *SMALL_RAY,
+        cwd=tracked_run["workdir"],
+        timeout=300,
+        MLFLOW_TRACKING_URI=tracked_run["uri"],
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    table = evaluated.stdout[evaluated.stdout.index("target  episodes") :].splitlines()
+    assert table[1].split()[:2] == ["50", "1"]
+
+
+def test_local_checkpoint_of_a_registered_model(tracked_run: dict) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracked_run["uri"])
+    checkpoint = Path(local_checkpoint(f"models:/{REGISTERED_MODEL}/1"))
+    assert (checkpoint / "learner_group").is_dir()
+    with pytest.raises(ExperimentError, match="cannot download runs:/"):
+        local_checkpoint("runs:/0123456789abcdef/policy")
+
+
+def test_videos_are_skipped_with_a_note_where_mujoco_cannot_render(tracked_run: dict) -> None:
+    """glfw without a display cannot render: the run gets a `videos` tag and stderr a note."""
+    run_id = tracked_run["client"].create_run(tracked_run["run"].info.experiment_id).info.run_id
+    script = (
+        "import mlflow\n"
+        "from rllib_lamo.tracking import LaMoMLflowCallback, local_checkpoint\n"
+        f"mlflow.set_tracking_uri({tracked_run['uri']!r})\n"
+        f"checkpoint = local_checkpoint('runs:/{tracked_run['run'].info.run_id}/{MODEL_NAME}')\n"
+        f"callback = LaMoMLflowCallback(tracking_uri={tracked_run['uri']!r}, "
+        f"experiment_name={EXPERIMENT!r})\n"
+        f"callback.log_videos({run_id!r}, checkpoint, 'checkpoint_000001')\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**environment, "MUJOCO_GL": "glfw"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tracked_run["workdir"],
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    note = "evaluation videos skipped: RendererUnavailable: MuJoCo could not render offscreen"
+    assert f"rllib: {note} with MUJOCO_GL=glfw" in completed.stderr
+    tags = tracked_run["client"].get_run(run_id).data.tags
+    assert tags["videos"].startswith(note)
+    assert not tracked_run["client"].list_artifacts(run_id, "videos")
