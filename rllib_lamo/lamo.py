@@ -8,6 +8,7 @@ Ray Data into the learner(s) and evaluates on remote env runners at several targ
 from __future__ import annotations
 
 import pathlib
+import pickle
 import random
 import time
 from typing import Any
@@ -279,9 +280,28 @@ class LaMo(Algorithm):
     @override(Algorithm)
     def setup(self, config: AlgorithmConfig) -> None:
         super().setup(config)
+        self._check_dataset_fits_env()
         summary = self.offline_data.summary
         self._set_observation_normalisation(summary.obs_mean, summary.obs_std)
         self._best_evaluation: dict[str, float] | None = None
+
+    def _check_dataset_fits_env(self) -> None:
+        """A dataset recorded on another env must fail here, not deep inside a rollout."""
+        if self.eval_env_runner_group is None:
+            return
+        env_obs, env_act = self.eval_env_runner_group.get_spaces()[DEFAULT_MODULE_ID]
+        data = self.offline_data
+        for field, dataset_space, env_space in (
+            ("observation_space", data.observation_space, env_obs),
+            ("action_space", data.action_space, env_act),
+        ):
+            if dataset_space.shape != env_space.shape or type(dataset_space) is not type(env_space):
+                raise ValueError(
+                    f"{data.dataset_path}/metadata.json: {field} is {dataset_space}, but the "
+                    f"evaluation env {self.config.env!r} has {env_space}. Train on a dataset "
+                    "recorded on this env, or set `env` to the dataset's env "
+                    f"({data.metadata.get('env_id')!r})."
+                )
 
     def _set_observation_normalisation(self, mean: list[float], std: list[float]) -> None:
         """Puts the dataset's observation statistics into the module (they travel in its state)."""
@@ -375,16 +395,42 @@ class LaMo(Algorithm):
             np.random.set_state(lamo_state["rng"]["numpy"])
             torch.set_rng_state(lamo_state["rng"]["torch"])
 
+    @classmethod
+    @override(Algorithm)
+    def from_checkpoint(cls, path: str | pathlib.Path, *args: Any, **kwargs: Any) -> LaMo:
+        _check_checkpoint_folder(pathlib.Path(path))
+        return super().from_checkpoint(path, *args, **kwargs)
+
     @override(Algorithm)
     def restore_from_path(self, path: str | pathlib.Path, *args: Any, **kwargs: Any) -> None:
         """Restores without Ray 2.60's training-env-runner sync, which offline runs lack."""
         path = pathlib.Path(path)
-        if not (path / COMPONENT_LEARNER_GROUP).is_dir():
-            raise FileNotFoundError(
-                f"{path} is not a LaMo checkpoint: it has no {COMPONENT_LEARNER_GROUP}/ folder."
-            )
-        Checkpointable.restore_from_path(self, path, *args, **kwargs)
+        _check_checkpoint_folder(path)
+        try:
+            Checkpointable.restore_from_path(self, path, *args, **kwargs)
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
+            raise ValueError(
+                f"{path}: the checkpoint is corrupt or incomplete and cannot be restored "
+                f"({type(error).__name__}: {error})"
+            ) from error
         self._sync_evaluation_weights()
+
+
+# What a complete LaMo checkpoint folder holds (written by `Algorithm.save_to_path`).
+CHECKPOINT_FILES = (
+    "algorithm_state.pkl",
+    "class_and_ctor_args.pkl",
+    f"{COMPONENT_LEARNER_GROUP}/learner/state.pkl",
+)
+
+
+def _check_checkpoint_folder(path: pathlib.Path) -> None:
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} is not a LaMo checkpoint: missing {', '.join(missing)}. Pass a "
+            "checkpoint_NNNNNN folder written by `rllib train` or `algo.save_to_path()`."
+        )
 
 
 def _learner_major_concat(batches: list[Any], num_learners: int) -> Any:

@@ -22,12 +22,7 @@ from ray.rllib.offline.offline_data import OfflineData
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils import unflatten_dict
 
-from rllib_lamo.data.shards import (
-    read_metadata,
-    space_from_dict,
-    space_to_dict,
-    validate_episode_batch,
-)
+from rllib_lamo.data.shards import read_metadata, space_to_dict, validate_episode_batch
 from rllib_lamo.data.subsets import episode_index, subset_episode_ids
 from rllib_lamo.offline_prelearner import LaMoPreLearner
 from rllib_lamo.windows import episode_block_from_arrow, returns_to_go
@@ -54,7 +49,8 @@ class LaMoOfflineData(OfflineData):
         super().__init__(config)
         self.dataset_path = config.input_ if isinstance(config.input_, str) else config.input_[0]
         self.metadata = read_metadata(self.dataset_path)
-        self.observation_space, self.action_space = dataset_spaces(config, self.metadata)
+        # LaMoConfig.validate() filled these from metadata.json where the user set none.
+        self.observation_space, self.action_space = config.observation_space, config.action_space
         self.obs_dim = int(np.prod(self.observation_space.shape))
         self.discrete_actions = isinstance(self.action_space, gym.spaces.Discrete)
         self.seed = int(config.seed) if config.seed is not None else 0
@@ -204,10 +200,3 @@ def _to_multi_agent_batch(batch: dict[str, np.ndarray]) -> MultiAgentBatch:
         {module_id: SampleBatch(columns) for module_id, columns in per_module.items()},
         env_steps=size,
     )
-
-
-def dataset_spaces(config: Any, metadata: dict) -> tuple[gym.Space, gym.Space]:
-    """The spaces to train with: the config's where set, else the dataset's metadata."""
-    observation_space = config.observation_space or space_from_dict(metadata["observation_space"])
-    action_space = config.action_space or space_from_dict(metadata["action_space"])
-    return observation_space, action_space

@@ -214,8 +214,31 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], final_last: int) -> str:
             "",
             f"Figures: {unit_text or 'none'}, mean ± std over seeds. final = best target's "
             f"{final}; best = best evaluation of the run.",
+            "",
+            "As in the paper's tables (final; one column per method):",
+            "",
+            *paper_layout(rows),
         ]
     )
+
+
+def paper_layout(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Task x data ratio rows, one column per method, final scores: the paper's Table 3 shape."""
+    methods = sorted({row["method"] for row in rows}, key=lambda m: (m != "LaMo", m != "DT", m))
+    cells = {(row["task"], row["data_ratio"], row["method"]): row for row in rows}
+    lines = [
+        f"| task | ratio | {' | '.join(methods)} |",
+        f"|---|---|{'---|' * len(methods)}",
+    ]
+    for task, ratio in sorted({(row["task"], row["data_ratio"]) for row in rows}):
+        values = [
+            _mean_std(cells[(task, ratio, method)], "final")
+            if (task, ratio, method) in cells
+            else "-"
+            for method in methods
+        ]
+        lines.append(f"| {task} | {ratio:g} | {' | '.join(values)} |")
+    return lines
 
 
 def curves_figure(summaries: Sequence[RunSummary], title: str) -> Figure:

@@ -33,6 +33,7 @@ metric names, the artifacts, the model, and continuing the same run on ``--resum
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -272,6 +273,9 @@ class LaMoMLflowCallback(MLflowLoggerCallback):
 
         artifact_root = local_artifact_root(self.tracking_uri)
         if artifact_root:
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
             mlflow.set_tracking_uri(self.tracking_uri)
             if mlflow.get_experiment_by_name(self.experiment_name) is None:
                 experiment_path = f"{artifact_root}/{self.experiment_name}"
@@ -279,7 +283,7 @@ class LaMoMLflowCallback(MLflowLoggerCallback):
         super().setup(*args, **kwargs)
         self._code_tags = git_tags(Path(__file__).parent) | version_tags()
 
-    @property
+    @functools.cached_property
     def client(self) -> MlflowClient:
         from mlflow import MlflowClient
 
@@ -440,7 +444,7 @@ def _json_safe(value: Any) -> Any:
 def local_checkpoint(uri: str) -> str:
     """A local LaMo checkpoint folder for a ``runs:/`` or ``models:/`` URI.
 
-    Accepts the `policy` model (its checkpoint is under ``artifacts/checkpoint``) or a logged
+    Accepts the `policy` model (its MLmodel file names the checkpoint's folder) or a logged
     ``checkpoints/checkpoint_<n>`` folder.
     """
     import mlflow
@@ -452,7 +456,14 @@ def local_checkpoint(uri: str) -> str:
     except (MlflowException, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ExperimentError(f"cannot download {uri}: {first_line}") from error
-    for candidate in (folder, folder / "artifacts" / CHECKPOINT_ARTIFACT):
+    candidates = [folder]
+    if (folder / "MLmodel").is_file():
+        from mlflow.models import Model
+
+        artifacts = Model.load(folder).flavors.get("python_function", {}).get("artifacts", {})
+        if CHECKPOINT_ARTIFACT in artifacts:
+            candidates.append(folder / artifacts[CHECKPOINT_ARTIFACT]["path"])
+    for candidate in candidates:
         if (candidate / "learner_group").is_dir():
             return str(candidate)
     raise ExperimentError(f"{uri} holds no LaMo checkpoint (no learner_group/ in {folder})")

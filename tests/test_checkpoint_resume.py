@@ -49,7 +49,10 @@ algo.stop()
 def run_fresh_process(*args: str) -> list[list[float]]:
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, *args],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -83,3 +86,36 @@ def test_restoring_a_corrupt_checkpoint_names_the_problem(tmp_path, ray_cluster)
 
     with pytest.raises(FileNotFoundError, match="not a LaMo checkpoint"):
         LaMo.from_checkpoint(str(tmp_path))
+
+
+def test_a_dataset_from_another_env_is_refused_naming_both(ray_cluster):
+    from rllib_lamo.lamo import LaMoConfig
+
+    config = (
+        LaMoConfig()
+        .environment("Walker2d-v5")
+        .offline_data(input_=str(HOPPER))
+        .training(language_model="tiny-gpt2", data_ratio=0.01)
+        .evaluation(evaluation_interval=1, evaluation_num_env_runners=1)
+    )
+    with pytest.raises(ValueError, match=r"hopper-medium-v5/metadata.json: observation_space"):
+        config.build_algo()
+
+
+def test_a_truncated_checkpoint_file_is_named(tmp_path):
+    from rllib_lamo.lamo import CHECKPOINT_FILES
+
+    checkpoint = tmp_path / "ckpt"
+    run_fresh_process("save", str(checkpoint), "1", str(HOPPER))
+    state = checkpoint / CHECKPOINT_FILES[2]
+    state.write_bytes(state.read_bytes()[:100])
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "restore", str(checkpoint), "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert "checkpoint is corrupt or incomplete" in result.stderr
+    assert str(checkpoint) in result.stderr

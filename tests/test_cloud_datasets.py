@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from rllib_lamo.data.shards import list_shards, read_metadata
+from rllib_lamo.data.shards import list_shards, read_metadata, space_from_dict
 from rllib_lamo.data.subsets import episode_index
 from rllib_lamo.lamo import LaMoConfig
 from rllib_lamo.offline_data import LaMoOfflineData
@@ -115,8 +115,14 @@ def test_ray_data_reads_episode_rows_from_s3(ray_cluster, datasets, s3_endpoint)
 
 
 def make_offline_data(path: str | list[str], **offline_data: object) -> LaMoOfflineData:
+    """LaMoOfflineData as LaMo builds it; the spaces are set as `LaMoConfig.validate()` would."""
+    metadata = read_metadata(SHIPPED)
     config = (
         LaMoConfig()
+        .environment(
+            observation_space=space_from_dict(metadata["observation_space"]),
+            action_space=space_from_dict(metadata["action_space"]),
+        )
         .offline_data(input_=path, **offline_data)
         .training(context_len=4)
         .debugging(seed=0)
@@ -124,12 +130,21 @@ def make_offline_data(path: str | list[str], **offline_data: object) -> LaMoOffl
     return LaMoOfflineData(config)
 
 
-def test_offline_data_summary_from_s3_matches_local(ray_cluster, datasets, endpoint_env):
-    """Works today with two workarounds: `input_` as a list, and the endpoint in the env."""
+@pytest.mark.parametrize("explicit_filesystem", [False, True], ids=["default-fs", "fs-kwargs"])
+def test_offline_data_summary_from_s3_matches_local(
+    ray_cluster, datasets, endpoint_env, explicit_filesystem
+):
+    """Works today with two workarounds: `input_` as a list, and the endpoint in the env.
+
+    Without filesystem kwargs this is how a real AWS cluster reads `s3://` (node credentials).
+    """
     local, uri = datasets
-    remote = make_offline_data(
-        [uri], input_filesystem="s3", input_filesystem_kwargs=s3_kwargs(endpoint_env)
+    filesystem = (
+        {"input_filesystem": "s3", "input_filesystem_kwargs": s3_kwargs(endpoint_env)}
+        if explicit_filesystem
+        else {}
     )
+    remote = make_offline_data([uri], **filesystem)
     assert remote.summary == make_offline_data(local).summary
     assert remote.summary.num_episodes == len(episode_index(local)[0])
 

@@ -108,6 +108,7 @@ def test_table_arithmetic_on_a_real_sqlite_store(tmp_path: Path) -> None:
     markdown = (out / "results.md").read_text()
     assert "| hopper | 0.1 | LaMo | 2 | 47.0 ± 3.0 | 55.0 ± 5.0 |" in markdown
     assert "final = best target's last evaluation" in markdown
+    assert "| hopper | 0.1 | 47.0 ± 3.0 | 7.0 ± 1.0 |" in markdown  # paper layout
     assert (out / "curves_hopper_ratio_0.1.png").stat().st_size > 10_000
 
     again = tmp_path / "report_last2"
@@ -117,6 +118,7 @@ def test_table_arithmetic_on_a_real_sqlite_store(tmp_path: Path) -> None:
     assert float(rows["LaMo"]["final_mean"]) == pytest.approx(50.0)
 
 
+@pytest.mark.slow
 def test_report_from_real_runs_in_the_default_store(tmp_path: Path) -> None:
     """LaMo vs DT, 2 seeds each, trained with no MLflow flags: the table has both methods."""
     experiments = {}

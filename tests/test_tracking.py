@@ -145,7 +145,8 @@ def tracked_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) ->
 
     workdir = tmp_path_factory.mktemp("tracked")
     experiment = tiny_lamo_experiment()
-    experiment["mlflow"] = {"tags": {"purpose": "test"}, "video_every": 1, "video_max_steps": 30}
+    # Videos from the final checkpoint only (rendering costs seconds per target).
+    experiment["mlflow"] = {"tags": {"purpose": "test"}, "video_every": 99, "video_max_steps": 30}
     write_workdir(workdir, {EXPERIMENT: experiment})
     started = time.perf_counter()
     completed = run_rllib(
@@ -270,8 +271,6 @@ def test_run_holds_config_checkpoints_plot_videos_and_model(tracked_run: dict) -
     assert plot.path == "plots/learning_curve.png" and plot.file_size > 10_000
     videos = sorted(a.path for a in client.list_artifacts(run_id, "videos"))
     assert videos == [
-        "videos/checkpoint_000000_target_100.gif",
-        "videos/checkpoint_000000_target_50.gif",
         "videos/checkpoint_000001_target_100.gif",
         "videos/checkpoint_000001_target_50.gif",
     ]
