@@ -33,7 +33,7 @@ from ray.rllib.utils.typing import ResultDict, StateDict
 
 from rllib_lamo.connectors.decision_context import decision_context_connector
 from rllib_lamo.evaluation import evaluate_target_returns
-from rllib_lamo.offline_data import LaMoOfflineData
+from rllib_lamo.offline_data import LaMoOfflineData, dataset_folder
 
 EMBEDDING_KINDS = ("mlp", "linear")
 
@@ -251,11 +251,11 @@ class LaMoConfig(AlgorithmConfig):
         """Training needs no env: without one, the dataset's metadata names the spaces."""
         if self.observation_space is not None and self.action_space is not None:
             return
-        if not isinstance(self.input_, str) or self.input_ == "sampler":
+        if not self.input_ or self.input_ == "sampler":
             return
         from rllib_lamo.data.shards import read_metadata, space_from_dict
 
-        metadata = read_metadata(self.input_)
+        metadata = read_metadata(dataset_folder(self.input_))
         self.observation_space = self.observation_space or space_from_dict(
             metadata["observation_space"]
         )

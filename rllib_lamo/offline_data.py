@@ -46,8 +46,12 @@ class LaMoOfflineData(OfflineData):
     """RLlib `OfflineData` for episode shards: subset, statistics, per-epoch windows."""
 
     def __init__(self, config: Any):
+        if isinstance(config.input_, str) and "://" in config.input_:
+            # Ray 2.60's OfflineData wraps a str in pathlib.Path: "s3://b/k" -> "s3:/b/k".
+            config = config.copy(copy_frozen=False)
+            config.input_ = [config.input_]
         super().__init__(config)
-        self.dataset_path = config.input_ if isinstance(config.input_, str) else config.input_[0]
+        self.dataset_path = dataset_folder(config.input_)
         self.metadata = read_metadata(self.dataset_path)
         # LaMoConfig.validate() filled these from metadata.json where the user set none.
         self.observation_space, self.action_space = config.observation_space, config.action_space
@@ -200,3 +204,10 @@ def _to_multi_agent_batch(batch: dict[str, np.ndarray]) -> MultiAgentBatch:
         {module_id: SampleBatch(columns) for module_id, columns in per_module.items()},
         env_steps=size,
     )
+
+
+def dataset_folder(input_: str | list[str]) -> str:
+    """The dataset folder (where metadata.json lives) of an `input_` folder or shard list."""
+    first = input_ if isinstance(input_, str) else input_[0]
+    first = str(first).rstrip("/")
+    return first.rsplit("/", 1)[0] if first.endswith(".parquet") else first

@@ -167,7 +167,7 @@ def gather_runs(client: MlflowClient, experiment_names: Sequence[str]) -> list[R
     for name in experiment_names:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            raise SystemExit(f"lamo-report: error: no MLflow experiment named {name!r}")
+            raise LookupError(f"no MLflow experiment named {name!r} in {client.tracking_uri}")
         experiments.append(experiment.experiment_id)
     return client.search_runs(experiments, filter_string="attributes.status = 'FINISHED'")
 
@@ -343,7 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_store = f"sqlite:///{Path(DEFAULT_STORAGE_PATH, DEFAULT_DB_FILE).resolve()}"
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_store
     client = MlflowClient(tracking_uri)
-    runs = gather_runs(client, args.experiments)
+    try:
+        runs = gather_runs(client, args.experiments)
+    except LookupError as error:
+        print(f"lamo-report: error: {error}", file=sys.stderr)
+        return 2
     summaries = [summarise_run(run, client, args.final_last) for run in runs]
     written = write_report(summaries, Path(args.out), args.final_last)
     print(Path(written[0]).read_text(), end="")

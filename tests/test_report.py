@@ -111,6 +111,8 @@ def test_table_arithmetic_on_a_real_sqlite_store(tmp_path: Path) -> None:
     assert "| hopper | 0.1 | 47.0 ± 3.0 | 7.0 ± 1.0 |" in markdown  # paper layout
     assert (out / "curves_hopper_ratio_0.1.png").stat().st_size > 10_000
 
+    assert main(["--experiment", "nope", "--tracking-uri", uri, "--out", str(out)]) == 2
+
     again = tmp_path / "report_last2"
     main(["--experiment", "arith", "--tracking-uri", uri, "--out", str(again), "--final-last", "2"])
     rows = {row["method"]: row for row in csv.DictReader((again / "results.csv").open())}

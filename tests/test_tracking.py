@@ -191,6 +191,24 @@ def test_mlflow_block_is_read_and_checked(tmp_path: Path, monkeypatch: pytest.Mo
         load_experiments(path)
 
 
+def test_no_mlflow_flag_leaves_only_the_progress_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rllib_lamo.cli import build_parser, tune_callbacks
+    from rllib_lamo.tracking import LaMoMLflowCallback
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (spec,) = load_experiments(write_workdir(tmp_path, {"x": tiny_lamo_experiment()}))
+    command = ["train", "file", "experiments.yaml", "--register-model", "m"]
+    tracked = tune_callbacks(build_parser().parse_args(command), spec, str(tmp_path))
+    (callback,) = [c for c in tracked if isinstance(c, LaMoMLflowCallback)]
+    assert callback.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert callback.experiment_name == "x" and callback.register_model == "m"
+    untracked = tune_callbacks(build_parser().parse_args([*command, "--no-mlflow"]), spec, "r")
+    assert not any(isinstance(c, LaMoMLflowCallback) for c in untracked)
+
+
 def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from_yaml = MLflowSettings(tracking_uri="http://yaml:5000")
