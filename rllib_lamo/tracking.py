@@ -13,18 +13,23 @@ What a run holds (`LaMoMLflowCallback`):
 - params: the trial's flattened config (nested keys joined by ``/``) plus ``dataset_id``,
   ``dataset_hash`` (SHA-256 of metadata.json and the shards) and ``method`` (see
   `rllib_lamo.report.method_of`);
-- tags: ``git_commit``, ``git_dirty``, ``version.<package>``, ``trial_id``, ``trial_path``,
+- tags: ``git_commit`` and ``git_dirty`` (of the rllib_lamo source tree, empty when it is
+  not a git checkout), ``version.<package>``, ``algorithm``, ``trial_id``, ``trial_path``,
   ``experiment_file`` and the YAML's ``mlflow.tags``;
 - metrics, step = training iteration: `TRAINING_METRICS` every iteration and, on evaluation
   iterations only, ``eval/target_<R>/{return_mean,normalised_score_mean,...}``,
-  ``eval/best/...`` and ``eval/best_so_far/...`` (RLlib repeats the last evaluation's numbers
-  in later results; those repeats are not logged);
+  ``eval/best/...``, ``eval/best_so_far/...`` and ``eval/episode_return_mean`` (RLlib's own,
+  for BC & co.); RLlib repeats the last evaluation's numbers in later results, and those
+  repeats are not logged;
 - artifacts: ``config/<experiment file>``, ``config/trial_config.json``,
   ``checkpoints/checkpoint_<n>/`` (LaMo checkpoints hold only the trainable weights),
   ``plots/learning_curve.png`` (redrawn after every evaluation and at the end),
-  ``videos/<checkpoint>_target_<R>.gif`` from every ``video_every``-th checkpoint and the last,
-  and the final policy as the MLflow model ``policy`` (a `LaMoPolicyModel` pyfunc holding the
-  last checkpoint), registered under ``--register-model NAME`` on request.
+  and, for LaMo trials, ``videos/<checkpoint>_target_<R>.gif`` (one episode per target,
+  rendered offscreen, from every ``video_every``-th checkpoint and the last; a ``videos`` tag
+  and a printed note say why when MuJoCo cannot render) and the final policy as the MLflow
+  model ``policy`` (a `LaMoPolicyModel` pyfunc holding the last checkpoint), registered under
+  ``--register-model NAME`` on request. Load it back with ``rllib evaluate
+  runs:/<run id>/policy`` or ``models:/<name>/<version>``, or `mlflow.pyfunc.load_model`.
 
 Built on Ray Tune's `MLflowLoggerCallback` (experiment set-up, ending runs); what it lacks and
 this adds: batched logging (it sends one request per value, hundreds per iteration), stable
@@ -36,6 +41,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import numbers
 import os
 import subprocess
 import sys
@@ -210,11 +216,17 @@ def iteration_metrics(result: Mapping[str, Any], *, evaluated: bool) -> dict[str
         if (value := first_present(flat, keys)) is not None
     }
     if evaluated:
+        # RLlib's own evaluation figure, the one other algorithms (BC, IQL, ...) have.
+        episode_return = first_present(flat, ["evaluation/env_runners/episode_return_mean"])
+        if episode_return is not None:
+            metrics[f"{EVAL_PREFIX}/episode_return_mean"] = float(episode_return)
         for key, value in flat.items():
             section = key.split("/")[1] if key.startswith("evaluation/") else ""
-            if section in EVAL_SECTIONS or section.startswith(TARGET_SECTION_PREFIX):
-                if first_present({key: value}, [key]) is not None:
-                    metrics[f"{EVAL_PREFIX}/{key.removeprefix('evaluation/')}"] = float(value)
+            is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if is_number and (
+                section in EVAL_SECTIONS or section.startswith(TARGET_SECTION_PREFIX)
+            ):
+                metrics[f"{EVAL_PREFIX}/{key.removeprefix('evaluation/')}"] = float(value)
     return {name: value for name, value in metrics.items() if np.isfinite(value)}
 
 
@@ -362,14 +374,14 @@ class LaMoMLflowCallback(MLflowLoggerCallback):
             self.client.log_artifacts(run_id, local_dir, f"checkpoints/{name}")
             count = self._checkpoints_logged.get(trial.trial_id, 0) + 1
             self._checkpoints_logged[trial.trial_id] = count
-            if self.video_every and count % self.video_every == 0:
+            if _is_lamo(trial) and self.video_every and count % self.video_every == 0:
                 self.log_videos(run_id, local_dir, name)
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
         run_id = self._trial_runs.get(trial)
         if run_id is not None:
             self._log_learning_curve(run_id)
-            if not failed and trial.checkpoint is not None:
+            if not failed and trial.checkpoint is not None and _is_lamo(trial):
                 with trial.checkpoint.as_directory() as local_dir:
                     if self.video_every:
                         self.log_videos(run_id, local_dir, Path(trial.checkpoint.path).name)
@@ -426,6 +438,13 @@ class LaMoMLflowCallback(MLflowLoggerCallback):
                 f"version {version.version}",
                 flush=True,
             )
+
+
+def _is_lamo(trial: Trial) -> bool:
+    """Videos and the `policy` model need a LaMo policy; other algorithms get checkpoints."""
+    from rllib_lamo.experiment import LAMO
+
+    return trial.trainable_name == LAMO
 
 
 def _installed(packages: tuple[str, ...]) -> Iterator[tuple[str, str]]:
@@ -585,7 +604,6 @@ def record_policy_videos(
     out_dir: Path,
     *,
     max_steps: int = 1000,
-    target_returns: list[float] | None = None,
 ) -> list[Path]:
     """Renders one episode per target return offscreen and writes ``target_<R>.gif`` files.
 
@@ -600,7 +618,7 @@ def record_policy_videos(
     module, config = restore_policy(checkpoint_dir)
     _check_renderer(config.env)
     paths = []
-    for target_return in target_returns or config.target_returns:
+    for target_return in config.target_returns:
         env = gym.make(config.env, render_mode="rgb_array", width=VIDEO_SIZE, height=VIDEO_SIZE)
         try:
             rollout = rollout_episode(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -243,6 +244,7 @@ def test_evaluation_metrics_are_logged_only_when_evaluation_ran() -> None:
     assert evaluated["eval/target_3600/normalised_score_mean"] == 28.3
     assert evaluated["eval/best/target_return"] == 3600.0
     assert evaluated["eval/best_so_far/normalised_score"] == 30.1
+    assert evaluated["eval/episode_return_mean"] == 900.0
     assert not any("env_runners" in name for name in evaluated)
 
 
@@ -385,3 +387,40 @@ def test_videos_are_skipped_with_a_note_where_mujoco_cannot_render(tracked_run: 
     tags = tracked_run["client"].get_run(run_id).data.tags
     assert tags["videos"].startswith(note)
     assert not tracked_run["client"].list_artifacts(run_id, "videos")
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_mlflow_run(tmp_path: Path) -> None:
+    """Ctrl-C, then `--resume`: the trial keeps logging into its run, not a new one."""
+    from mlflow import MlflowClient
+
+    experiment = tiny_lamo_experiment()
+    experiment["stop"] = {"training_iteration": 3}
+    experiment["mlflow"] = {"video_every": 0}
+    write_workdir(tmp_path, {EXPERIMENT: experiment})
+    environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    command = [*RLLIB, "train", "file", "experiments.yaml", "--checkpoint-freq", "1", *SMALL_RAY]
+    first = subprocess.Popen(
+        command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    experiment_dir = tmp_path / "ray_results" / EXPERIMENT
+    try:
+        deadline = time.monotonic() + 400
+        while not any(experiment_dir.glob("LaMo_*/checkpoint_000000")):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=180)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130
+
+    resumed = run_rllib("train", "file", "experiments.yaml", "--resume", *SMALL_RAY, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'ray_results' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    steps = [point.step for point in client.get_metric_history(run.info.run_id, "action_loss")]
+    assert steps[-1] == 3 and sorted(set(steps)) == list(range(1, 4))
+    assert run.info.status == "FINISHED"
