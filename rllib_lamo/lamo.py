@@ -7,6 +7,7 @@ Ray Data into the learner(s) and evaluates on remote env runners at several targ
 
 from __future__ import annotations
 
+import copy
 import pathlib
 import pickle
 import random
@@ -23,6 +24,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import (
+    EVALUATION_RESULTS,
     LEARNER_RESULTS,
     LEARNER_UPDATE_TIMER,
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
@@ -284,6 +286,7 @@ class LaMo(Algorithm):
         summary = self.offline_data.summary
         self._set_observation_normalisation(summary.obs_mean, summary.obs_std)
         self._best_evaluation: dict[str, float] | None = None
+        self._latest_evaluation: dict[str, Any] | None = None
 
     def _check_dataset_fits_env(self) -> None:
         """A dataset recorded on another env must fail here, not deep inside a rollout."""
@@ -360,8 +363,19 @@ class LaMo(Algorithm):
         if best:
             key = "normalised_score" if "normalised_score" in best else "return"
             if self._best_evaluation is None or best[key] > self._best_evaluation[key]:
-                self._best_evaluation = {**best, "iteration": self.iteration}
+                self._best_evaluation = {**best, "iteration": self.iteration + 1}
             results["best_so_far"] = dict(self._best_evaluation)
+            results["evaluated_at_iteration"] = self.iteration + 1
+            self._latest_evaluation = copy.deepcopy(results)
+        return results
+
+    @override(Algorithm)
+    def step(self) -> ResultDict:
+        """Every result carries the latest evaluation (RLlib's own turns to NaN between them)."""
+        evaluations_before = self._latest_evaluation
+        results = super().step()
+        if self._latest_evaluation is not None and self._latest_evaluation is evaluations_before:
+            results[EVALUATION_RESULTS] = copy.deepcopy(self._latest_evaluation)
         return results
 
     @override(Algorithm)
@@ -376,6 +390,7 @@ class LaMo(Algorithm):
         state["lamo"] = {
             "offline_data": self.offline_data.get_state(),
             "best_evaluation": self._best_evaluation,
+            "latest_evaluation": self._latest_evaluation,
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -391,6 +406,7 @@ class LaMo(Algorithm):
         if lamo_state:
             self.offline_data.set_state(lamo_state["offline_data"])
             self._best_evaluation = lamo_state["best_evaluation"]
+            self._latest_evaluation = lamo_state["latest_evaluation"]
             random.setstate(lamo_state["rng"]["python"])
             np.random.set_state(lamo_state["rng"]["numpy"])
             torch.set_rng_state(lamo_state["rng"]["torch"])

@@ -136,7 +136,7 @@ def load_language_model(
             torch.manual_seed(_TINY_MODEL_SEED)
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
+        model = _from_pretrained_quietly(source, config)
     if pretrained and num_layers is not None:
         _truncate_layers(model, num_layers)
     _install_position_bypass(model)
@@ -155,6 +155,19 @@ def load_language_model(
         time.perf_counter() - started,
     )
     return model, tokenizer
+
+
+def _from_pretrained_quietly(
+    source: str, config: transformers.PretrainedConfig
+) -> transformers.PreTrainedModel:
+    """Loads weights without the per-load progress bar every learner and env runner would print."""
+    bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
+    finally:
+        if bars_were_on:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def default_lora_target_modules(model_type: str) -> list[str]:

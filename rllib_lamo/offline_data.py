@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray.data
 from ray.rllib.offline.offline_data import OfflineData
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils import unflatten_dict
@@ -50,11 +51,14 @@ class LaMoOfflineData(OfflineData):
             # Ray 2.60's OfflineData wraps a str in pathlib.Path: "s3://b/k" -> "s3:/b/k".
             config = config.copy(copy_frozen=False)
             config.input_ = [config.input_]
+        _quiet_ray_data_unless_debugging(config.log_level)
         super().__init__(config)
         self.dataset_path = dataset_folder(config.input_)
         self.metadata = read_metadata(self.dataset_path)
         # LaMoConfig.validate() filled these from metadata.json where the user set none.
         self.observation_space, self.action_space = config.observation_space, config.action_space
+        if self.observation_space is None or self.action_space is None:
+            raise ValueError("LaMoOfflineData needs a validated config: call config.validate().")
         self.obs_dim = int(np.prod(self.observation_space.shape))
         self.discrete_actions = isinstance(self.action_space, gym.spaces.Discrete)
         self.seed = int(config.seed) if config.seed is not None else 0
@@ -175,6 +179,11 @@ class LaMoOfflineData(OfflineData):
             self.batches_served += 1
             return _to_multi_agent_batch(batch)
 
+    @property
+    def default_map_batches_kwargs(self) -> dict[str, Any]:
+        # Windows are cut in stateless Ray tasks: two at a time keep a learner fed on any machine.
+        return {"compute": ray.data.TaskPoolStrategy(size=max(2, self.config.num_learners))}
+
     def close(self) -> None:
         """Drops the epoch's Ray Data iterator while Ray is still up to release it."""
         self._epoch_batches = None
@@ -204,6 +213,13 @@ def _to_multi_agent_batch(batch: dict[str, np.ndarray]) -> MultiAgentBatch:
         {module_id: SampleBatch(columns) for module_id, columns in per_module.items()},
         env_steps=size,
     )
+
+
+def _quiet_ray_data_unless_debugging(log_level: str) -> None:
+    """Ray Data announces every execution (one per epoch here); RLlib's log level governs it."""
+    if logging.getLevelName(log_level) > logging.INFO:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def dataset_folder(input_: str | list[str]) -> str:

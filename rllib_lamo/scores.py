@@ -20,8 +20,10 @@ class ReferenceScores:
     source: str
 
     def normalise(self, returns: float | np.ndarray) -> float | np.ndarray:
-        return 100.0 * (np.asarray(returns, dtype=np.float64) - self.random) / (
-            self.expert - self.random
+        return (
+            100.0
+            * (np.asarray(returns, dtype=np.float64) - self.random)
+            / (self.expert - self.random)
         )
 
 

@@ -298,10 +298,10 @@ def test_from_rllib_refuses_foreign_parquet(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("write_episodes", [False, True])
 def test_from_rllib_real_recording(ray_cluster, tmp_path, write_episodes):
-    """A recording made by RLlib's own env runner (episode layout needs msgpack_numpy)."""
+    """A recording made by RLlib's own env runner (~20 s; RLlib needs msgpack_numpy to write
+    the episode layout, which Ray does not install: that case is skipped without it)."""
     if write_episodes:
         pytest.importorskip("msgpack_numpy")
     from ray.rllib.algorithms.ppo import PPOConfig

@@ -259,6 +259,11 @@ def test_validate_dataset_names_the_bad_shard_file(tmp_path):
     pq.write_table(table.slice(0, 0), shard)
     with pytest.raises(DatasetError, match=f"^{shard}: holds no episodes"):
         validate_dataset(tmp_path / "d")
+    # A shard whose episodes have another observation width than the rest of the dataset.
+    write_toy_dataset(tmp_path / "wider", num_episodes=3, obs_dim=4)
+    pq.write_table(pq.read_table(list_shards(tmp_path / "wider")[0]), shard)
+    with pytest.raises(DatasetError, match=f"^{shard}: field 'obs': has width 4, expected 3"):
+        validate_dataset(tmp_path / "d")
 
 
 def test_read_metadata_errors_name_the_file(tmp_path):

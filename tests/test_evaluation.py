@@ -304,3 +304,23 @@ def test_algorithm_evaluation_and_checkpoint(ray_cluster, hopper_dataset, tmp_pa
     ]
     assert_summary_of(metrics["target_1000"], expected)
     assert metrics["best"]["target_return"] == 1000.0
+
+
+def test_results_between_evaluations_carry_the_latest_one(ray_cluster, hopper_dataset):
+    config = (
+        lamo_config(num_env_runners=1, num_envs=1, targets=[1000.0])
+        .offline_data(input_=hopper_dataset, dataset_num_iters_per_learner=1)
+        .evaluation(evaluation_interval=2, evaluation_duration=1)
+    )
+    algo = config.build_algo()
+    try:
+        results = [algo.train() for _ in range(3)]
+    finally:
+        algo.stop()
+    assert "best" not in results[0].get("evaluation", {})
+    evaluated, between = results[1]["evaluation"], results[2]["evaluation"]
+    assert evaluated["evaluated_at_iteration"] == between["evaluated_at_iteration"] == 2
+    assert between["best"] == evaluated["best"]
+    assert between["target_1000"]["return_mean"] == evaluated["target_1000"]["return_mean"]
+    assert np.isfinite(between["target_1000"]["return_mean"])
+    assert between["best_so_far"]["iteration"] == 2

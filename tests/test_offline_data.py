@@ -29,19 +29,21 @@ def episode_dataset(tmp_path_factory) -> str:
     ]
     out = tmp_path_factory.mktemp("data") / "toy"
     write_dataset(
-        out, episodes, observation_space=OBS_SPACE, action_space=ACT_SPACE,
-        env_id="Toy-v0", max_steps_per_shard=300,
+        out,
+        episodes,
+        observation_space=OBS_SPACE,
+        action_space=ACT_SPACE,
+        env_id="Toy-v0",
+        max_steps_per_shard=300,
     )
     return str(out)
 
 
 def make_offline_data(path: str, **training) -> LaMoOfflineData:
     config = (
-        LaMoConfig()
-        .offline_data(input_=path)
-        .training(context_len=4, **training)
-        .debugging(seed=3)
+        LaMoConfig().offline_data(input_=path).training(context_len=4, **training).debugging(seed=3)
     )
+    config.validate()
     return LaMoOfflineData(config)
 
 
