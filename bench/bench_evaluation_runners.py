@@ -21,6 +21,7 @@ import time
 
 import gymnasium as gym
 import ray
+import torch
 from ray.rllib.env.env_runner_group import EnvRunnerGroup
 
 from rllib_lamo.evaluation import run_target_returns
@@ -64,6 +65,7 @@ def policy_state(args: argparse.Namespace) -> dict:
         .debugging(seed=0)
     )
     spec = config.get_rl_module_spec(env=gym.make(ENV_ID), inference_only=True)
+    torch.manual_seed(0)  # the same random policy (and episode lengths) in every run
     return spec.build().get_state()
 
 

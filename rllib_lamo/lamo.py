@@ -310,7 +310,8 @@ class LaMo(Algorithm):
         """Puts the dataset's observation statistics into the module (they travel in its state)."""
 
         def assign(learner: Any) -> None:
-            module = learner.module[DEFAULT_MODULE_ID]
+            # `unwrapped()`: with num_learners > 1 the module is a DDP wrapper.
+            module = learner.module[DEFAULT_MODULE_ID].unwrapped()
             module.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
             module.obs_std.copy_(torch.as_tensor(std, dtype=torch.float32))
 

@@ -1,4 +1,4 @@
-"""Scaling out: several DDP learners train like one, and evaluation runs parallel to training.
+"""Scaling out: several DDP learners train like one; evaluation runs parallel to training.
 
 LaMo's driver streams windows and hands `learner_group.update` one global batch per gradient
 step (learner-major, see `LaMo.training_step`); RLlib's LearnerGroup shards it contiguously, so
@@ -33,13 +33,13 @@ GLOBAL_BATCH = 8
 STEPS_PER_ITERATION = 3
 ITERATIONS = 2
 
-# Per-step losses of 2 learners against 1: both start from the same weights and see the same
-# global batches, and with K=1 (no padded steps) the mean of two half-batch means is the
-# full-batch mean. What is left is float summation order (~1e-7 relative per step), which
-# AdamW can amplify on near-zero gradients (its first steps move by ~lr * sign(g)); the
-# measured gap is ~1e-6 relative, so 1e-4 leaves room without hiding a wrong shard or a
-# missing all-reduce (a single learner's half-batch gradient is off by ~1e-1 relative).
-LOSS_RTOL = 1e-4
+# 2 learners against 1: both start from the same weights and see the same global batches, and
+# with K=1 (no padded steps) the mean of two half-batch mean losses is the full-batch mean, so
+# DDP's averaged gradient is the full-batch gradient. What is left is float summation order:
+# measured here, per-step losses agree to 6e-8 relative and weights to 1.2e-7 after 6 AdamW
+# steps. The bounds leave ~100x room and still catch a wrong shard or a missing all-reduce:
+# an update from a half-batch gradient alone moves weights elsewhere by up to lr = 1e-3.
+LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
 
 
@@ -174,7 +174,6 @@ def test_two_learners_follow_the_single_learner_loss_curve(one_and_two_learners)
     single_losses = [loss for _, loss in single.steps]
     ddp_losses = [(a + b) / 2 for (_, a), (_, b) in zip(first.steps, second.steps, strict=True)]
     assert ddp_losses == pytest.approx(single_losses, rel=LOSS_RTOL)
-    assert single_losses[-1] < single_losses[0]  # it trains at all
 
     # The curves users see: the per-iteration action loss reported by `train()`.
     def curve(r: Run) -> list[float]:
@@ -209,25 +208,16 @@ def test_each_learner_trains_on_its_own_slice_of_every_global_batch(one_and_two_
     assert sampled == [GLOBAL_BATCH * STEPS_PER_ITERATION * (i + 1) for i in range(ITERATIONS)]
 
 
-def test_language_loss_trains_under_ddp(ray_cluster):
+def test_language_loss_under_ddp_with_evaluation_parallel_to_training(ray_cluster):
     """Each learner draws its own text; the action and language gradients are all-reduced
-    together, so the replicas stay identical even though their text batches differ."""
-    result = run(scale_out_config(2, language_loss_coeff=0.1), iterations=1)
-    first, second = result.learners
-    learner_metrics = result.results[-1]["learners"][DEFAULT_MODULE_ID]
-    assert np.isfinite(learner_metrics["language_loss"]) and learner_metrics["language_loss"] > 0
-    assert first.next_text != second.next_text
-    for name, value in first.weights.items():
-        np.testing.assert_array_equal(value, second.weights[name], err_msg=name)
+    together, so the replicas stay identical although their text batches differ.
 
-
-def test_evaluation_runs_parallel_to_training(ray_cluster):
-    """A fixed number of episodes per target runs on the evaluation runner while the
-    training iteration runs (RLlib needs `evaluation_duration="auto"` only without a
-    custom evaluation function)."""
+    The same run evaluates parallel to training: a fixed number of episodes per target runs
+    on the evaluation runner while the iteration trains (RLlib needs
+    `evaluation_duration="auto"` only without a custom evaluation function).
+    """
     config = (
-        scale_out_config(1, context_len=5, target_returns=[3600.0, 1800.0])
-        .learners(num_learners=0)
+        scale_out_config(2, language_loss_coeff=0.1, target_returns=[3600.0, 1800.0])
         .environment("Hopper-v5")
         .evaluation(
             evaluation_interval=1,
@@ -236,14 +226,19 @@ def test_evaluation_runs_parallel_to_training(ray_cluster):
             evaluation_parallel_to_training=True,
         )
     )
-    algo = config.build_algo()
-    try:
-        results = [algo.train() for _ in range(2)]
-    finally:
-        algo.stop()
-    for result in results:
-        assert np.isfinite(result["learners"][DEFAULT_MODULE_ID]["action_loss"])
-        evaluation = result["evaluation"]
+    result = run(config)
+    first, second = result.learners
+    assert first.next_text != second.next_text
+    for name, value in first.weights.items():
+        np.testing.assert_array_equal(value, second.weights[name], err_msg=name)
+
+    for iteration in result.results:
+        learner_metrics = iteration["learners"][DEFAULT_MODULE_ID]
+        assert np.isfinite(learner_metrics["action_loss"])
+        assert (
+            np.isfinite(learner_metrics["language_loss"]) and learner_metrics["language_loss"] > 0
+        )
+        evaluation = iteration["evaluation"]
         for key in ("target_3600", "target_1800"):
             assert evaluation[key]["num_episodes"] == 1
         assert evaluation["best"]["target_return"] in (3600.0, 1800.0)
