@@ -207,6 +207,7 @@ class LaMoConfig(AlgorithmConfig):
     @override(AlgorithmConfig)
     def validate(self) -> None:
         self._spaces_from_dataset_if_unset()
+        self._let_ddp_skip_unused_lm_weights()
         super().validate()
         from rllib_lamo.language_models import FINETUNE_MODES
 
@@ -248,6 +249,20 @@ class LaMoConfig(AlgorithmConfig):
         if eval_config is not None and eval_config.num_env_runners > 0:
             eval_config.create_local_env_runner = False
         return eval_config
+
+    def _let_ddp_skip_unused_lm_weights(self) -> None:
+        """Fully fine-tuned without text, the LM's token embeddings and head get no gradient.
+
+        DDP then waits forever for them unless told to look for unused parameters; with the
+        language loss on, that same flag breaks DDP (the text pass runs outside its forward).
+        """
+        if (
+            self.num_learners > 1
+            and self.finetune == "full"
+            and self.language_loss_coeff == 0
+            and "find_unused_parameters" not in self.torch_ddp_kwargs
+        ):
+            self.torch_ddp_kwargs = {**self.torch_ddp_kwargs, "find_unused_parameters": True}
 
     def _spaces_from_dataset_if_unset(self) -> None:
         """Training needs no env: without one, the dataset's metadata names the spaces."""

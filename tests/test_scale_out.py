@@ -242,3 +242,10 @@ def test_language_loss_under_ddp_with_evaluation_parallel_to_training(ray_cluste
         for key in ("target_3600", "target_1800"):
             assert evaluation[key]["num_episodes"] == 1
         assert evaluation["best"]["target_return"] in (3600.0, 1800.0)
+
+
+def test_full_fine_tuning_without_text_trains_under_ddp(ray_cluster):
+    """The DT ablation leaves the LM's token embeddings and head without gradients."""
+    config = scale_out_config(2, finetune="full", language_loss_coeff=0.0, lm_pretrained=False)
+    result = run(config, iterations=1).results[0]
+    assert np.isfinite(result["learners"]["default_policy"]["action_loss"])
