@@ -148,7 +148,7 @@ class LaMoConfig(AlgorithmConfig):
             lm_pretrained: False = same architecture, random init (a plain Decision Transformer).
             finetune: ``lora`` (paper), ``full`` or ``frozen`` (ablations).
             lora_rank, lora_alpha, lora_dropout, lora_target_modules: LoRA settings
-                (None targets: per-architecture defaults, c_attn for GPT-2, q/v for Llama).
+                (None targets: q, k and v, each its own adapter; GPT-2's fused c_attn is split).
             embedding: ``mlp`` (paper) or ``linear`` (ablation) return/state/action embeddings.
             context_len: K, the number of (return, state, action) steps in a window.
             max_ep_len: Size of the learned timestep embedding.

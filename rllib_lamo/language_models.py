@@ -81,6 +81,10 @@ _LORA_TRAINABLE_BIAS_MODEL_TYPES = ("gpt2",)
 # Body attributes holding learned absolute position embeddings (GPT-2 family).
 _ABSOLUTE_POSITION_EMBEDDINGS = ("wpe",)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+# The separate query/key/value projections LoRA adapts (the paper: all three, each its own adapter),
+# and GPT-2's fused module holding all three.
+_SEPARATE_QKV = ("q_proj", "k_proj", "v_proj")
+_FUSED_QKV = "c_attn"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 # Set only while `trajectory_hidden_states` runs: a ContextVar is per thread (and per asyncio
@@ -171,7 +175,12 @@ def _from_pretrained_quietly(
 
 
 def default_lora_target_modules(model_type: str) -> list[str]:
-    """The attention projections LoRA adapts by default (GPT-2: fused ``c_attn``; Llama: q, v)."""
+    """The attention projections LoRA adapts by default: the query, key and value maps.
+
+    GPT-2's fused ``c_attn`` is named as such (`adapt_language_model` gives each of its three
+    projections its own adapter); architectures with separate projections get ``q_proj``,
+    ``k_proj`` and ``v_proj`` (peft's own default, q and v only, misses the key).
+    """
     targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
     if not targets:
         raise ValueError(
@@ -179,7 +188,54 @@ def default_lora_target_modules(model_type: str) -> list[str]:
             "lora_target_modules=[...] with the names of its attention projection modules "
             "(the last part of the names printed by print(model), e.g. ['q_proj', 'v_proj'])."
         )
+    if {"q_proj", "v_proj"} <= set(targets):
+        return list(_SEPARATE_QKV)
     return list(targets)
+
+
+class SplitQKVProjection(nn.Module):
+    """GPT-2's fused query/key/value map (``c_attn``, a Conv1D) as three ``nn.Linear`` maps.
+
+    The paper adapts ``c_attn`` with loralib's ``MergedLinear`` (enable_lora for q, k and v):
+    one rank-r adapter per projection, 6·r·d LoRA weights per block. peft puts one adapter on
+    a whole module, so the fused map is split into its three projections (same weights, same
+    output: their outputs concatenated) and peft adapts each, keeping its save/load and merge.
+    """
+
+    def __init__(self, fused: Conv1D):
+        super().__init__()
+        in_features, fused_out = fused.weight.shape  # Conv1D stores (in, out)
+        if fused_out % len(_SEPARATE_QKV):
+            raise ValueError(f"A fused q/k/v map needs 3 equal parts, got width {fused_out}.")
+        out_features = fused_out // len(_SEPARATE_QKV)
+        for index, name in enumerate(_SEPARATE_QKV):
+            part = slice(index * out_features, (index + 1) * out_features)
+            projection = nn.Linear(in_features, out_features, dtype=fused.weight.dtype)
+            with torch.no_grad():
+                projection.weight.copy_(fused.weight[:, part].T)
+                projection.bias.copy_(fused.bias[part])
+            projection.weight.requires_grad_(fused.weight.requires_grad)
+            projection.bias.requires_grad_(fused.bias.requires_grad)
+            self.add_module(name, projection)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return torch.cat(
+            [self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)],
+            dim=-1,
+        )
+
+
+def split_fused_attention(model: nn.Module, fused_name: str = _FUSED_QKV) -> list[str]:
+    """Replaces every fused q/k/v Conv1D named `fused_name` by a `SplitQKVProjection`.
+
+    Returns the LoRA target names of the parts (``c_attn.q_proj``, ...). Idempotent, so a model
+    split before (e.g. to load saved adapters into) is left as it is.
+    """
+    for name, module in list(model.named_modules()):
+        if name.rsplit(".", 1)[-1] == fused_name and isinstance(module, Conv1D):
+            parent = model.get_submodule(name.rpartition(".")[0])
+            setattr(parent, fused_name, SplitQKVProjection(module))
+    return [f"{fused_name}.{part}" for part in _SEPARATE_QKV]
 
 
 def adapt_language_model(
@@ -194,8 +250,9 @@ def adapt_language_model(
     """Make the LM's fine-tuned part trainable: LoRA (a peft model), everything, or nothing.
 
     LoRA freezes the whole LM (MLPs, norms, embeddings, head) except the low-rank adapters and,
-    for GPT-2 as in the paper, the biases of the adapted ``c_attn``. ``full``/``frozen`` change
-    ``requires_grad`` in place and return the same model.
+    for GPT-2 as in the paper, the biases of the adapted ``c_attn``. A targeted fused ``c_attn``
+    is split into q, k and v first (`SplitQKVProjection`), so each gets its own rank-r adapter.
+    ``full``/``frozen`` change ``requires_grad`` in place and return the same model.
     """
     if finetune == "full":
         return model.requires_grad_(True)
@@ -205,8 +262,16 @@ def adapt_language_model(
         raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}.")
     model_type = model.config.model_type
     targets = list(lora_target_modules or default_lora_target_modules(model_type))
+    if _FUSED_QKV in targets and any(
+        name.rsplit(".", 1)[-1] == _FUSED_QKV and isinstance(module, (Conv1D, SplitQKVProjection))
+        for name, module in model.named_modules()
+    ):
+        split_targets = split_fused_attention(model)
+        targets = [t for t in targets if t != _FUSED_QKV] + split_targets
     targeted = [
-        module for name, module in model.named_modules() if name.rsplit(".", 1)[-1] in targets
+        module
+        for name, module in model.named_modules()
+        if any(name == t or name.endswith(f".{t}") for t in targets)
     ]
     if not targeted:
         raise ValueError(f"None of the LoRA target modules {targets} exist in this {model_type}.")

@@ -103,16 +103,19 @@ def test_lora_trains_only_the_adapters_and_gpt2_c_attn_biases(name):
     adapters = {n for n in names if ".lora_A." in n or ".lora_B." in n}
     if name == "tiny-gpt2":
         assert names - adapters == {
-            f"base_model.model.transformer.h.{i}.attn.c_attn.base_layer.bias" for i in range(2)
+            f"base_model.model.transformer.h.{i}.attn.c_attn.{part}.base_layer.bias"
+            for i in range(2)
+            for part in ("q_proj", "k_proj", "v_proj")
         }
         assert all(".c_attn." in n for n in adapters)
-        # c_attn is 64 -> 192; rank 4: A is 4x64, B is 192x4, plus the 192 biases, per block.
-        expected = 2 * (4 * 64 + 192 * 4 + 192)
+        # c_attn is 64 -> 3 x 64, each projection with its own rank-4 adapter (A 4x64, B 64x4):
+        # 6·r·d per block, plus the 192 c_attn biases.
+        expected = 2 * (6 * 4 * 64 + 192)
     else:
         assert names == adapters
-        assert {n.split(".")[-4] for n in adapters} == {"q_proj", "v_proj"}
-        # q: 64 -> 64, v: 64 -> 32 (2 KV heads of 16); rank 4.
-        expected = 2 * ((4 * 64 + 64 * 4) + (4 * 64 + 32 * 4))
+        assert {n.split(".")[-4] for n in adapters} == {"q_proj", "k_proj", "v_proj"}
+        # q: 64 -> 64, k and v: 64 -> 32 (2 KV heads of 16); rank 4.
+        expected = 2 * ((4 * 64 + 64 * 4) + 2 * (4 * 64 + 32 * 4))
     trainable = sum(parameters[n].numel() for n in names)
     assert trainable == expected
     assert trainable / total < 0.05
@@ -137,7 +140,7 @@ def test_lora_targets_can_be_chosen_and_bad_choices_fail_clearly():
     with pytest.raises(ValueError, match="lora_target_modules"):
         default_lora_target_modules("not-an-architecture")
     assert default_lora_target_modules("gpt2") == ["c_attn"]
-    assert default_lora_target_modules("llama") == ["q_proj", "v_proj"]
+    assert default_lora_target_modules("llama") == ["q_proj", "k_proj", "v_proj"]
 
 
 @pytest.mark.parametrize("name", TINY)
