@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from ray.rllib.connectors.module_to_env.normalize_and_clip_actions import NormalizeAndClipActions
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule
 
@@ -103,7 +104,7 @@ def test_box_output_shapes_and_inference_contract():
 
     train_out = module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
     assert train_out.shape == (2, CONTEXT_LEN, ACT_DIM)
-    assert torch.isfinite(train_out).all() and train_out.abs().max() <= 1.0
+    assert torch.isfinite(train_out).all()
 
     inference = module.forward_inference(batch)
     assert inference[Columns.ACTIONS].shape == (2, ACT_DIM)
@@ -115,6 +116,27 @@ def test_box_output_shapes_and_inference_contract():
     torch.testing.assert_close(sampled.sample(), inference[Columns.ACTIONS])
     exploration = module.forward_exploration(batch)
     torch.testing.assert_close(exploration[Columns.ACTIONS], inference[Columns.ACTIONS])
+
+
+@pytest.mark.parametrize("embedding", ["mlp", "linear"])
+def test_only_the_linear_head_ends_in_tanh_and_the_env_runner_clips(embedding):
+    """Paper: the MLP head is Linear -> GELU -> Linear, unbounded; the linear head is DT's."""
+    module = build_module(embedding=embedding)
+    last = module.action_head[-1]
+    assert isinstance(last, torch.nn.Tanh) == (embedding == "linear")
+    with torch.no_grad():
+        module.action_head[-2 if embedding == "linear" else -1].bias.fill_(5.0)
+    actions = module.forward_inference(random_batch(BOX))[Columns.ACTIONS]
+    assert (actions.abs().max() > 1.0) == (embedding == "mlp")
+    # What reaches the env is clipped to the action space by RLlib's module-to-env pipeline.
+    env = gym.make("Hopper-v5")
+    pipeline = LaMoConfig().environment("Hopper-v5").build_module_to_env_connector(env=env)
+    clip = next(c for c in pipeline.connectors if isinstance(c, NormalizeAndClipActions))
+    batch = {Columns.ACTIONS: {("episode",): [np.array([5.0, -5.0, 0.5], np.float32)]}}
+    clipped = clip(rl_module=module, batch=batch, episodes=[], explore=False)
+    np.testing.assert_array_equal(
+        clipped[Columns.ACTIONS_FOR_ENV][("episode",)][0], np.array([1.0, -1.0, 0.5], np.float32)
+    )
 
 
 def test_discrete_output_shapes_and_argmax_action():
@@ -189,7 +211,8 @@ def test_trainable_parameters_per_ablation(finetune, lm_pretrained):
 
     if finetune == "lora":
         assert lm_trainable and all(
-            "lora_" in n or n.endswith("c_attn.base_layer.bias") for n in lm_trainable
+            "lora_" in n or (".c_attn." in n and n.endswith("_proj.base_layer.bias"))
+            for n in lm_trainable
         )
         assert any("lora_A" in n for n in lm_trainable)
     elif finetune == "full":

@@ -33,19 +33,19 @@ def build_token_embedding(kind: str, in_dim: int, hidden: int) -> nn.Module:
     raise ValueError(f"Unknown embedding kind {kind!r}; expected 'mlp' or 'linear'.")
 
 
-def build_action_head(kind: str, hidden: int, out_dim: int, *, squash: bool) -> nn.Sequential:
+def build_action_head(kind: str, hidden: int, out_dim: int, *, continuous: bool) -> nn.Sequential:
     """Predicts actions from a state token's hidden state.
 
-    ``squash`` appends a tanh: continuous actions are kept in [-1, 1] by the data pipeline, so
-    the bounded output matches the targets and the env runner's action un-squashing.
+    As in the paper's code: the linear head is DT's Linear + tanh for continuous actions (the
+    data keep them in [-1, 1]); the MLP head, Linear -> GELU -> Linear, has no tanh, so its
+    output is unbounded and the env runner clips it to the action space (``clip_actions``).
     Discrete heads return raw logits.
     """
     if kind == "mlp":
-        layers: list[nn.Module] = [nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out_dim)]
-    elif kind == "linear":
-        layers = [nn.Linear(hidden, out_dim)]
-    else:
-        raise ValueError(f"Unknown embedding kind {kind!r}; expected 'mlp' or 'linear'.")
-    if squash:
-        layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
+        return nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+    if kind == "linear":
+        layers: list[nn.Module] = [nn.Linear(hidden, out_dim)]
+        if continuous:
+            layers.append(nn.Tanh())
+        return nn.Sequential(*layers)
+    raise ValueError(f"Unknown embedding kind {kind!r}; expected 'mlp' or 'linear'.")

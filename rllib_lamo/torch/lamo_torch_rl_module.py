@@ -108,7 +108,7 @@ class LaMoTorchRLModule(TorchRLModule):
         has_own_dropout = hasattr(base_model.config, "embd_pdrop")
         self.embedding_dropout = nn.Dropout(0.0 if has_own_dropout else config["dropout"])
         self.action_head = build_action_head(
-            embedding, hidden, action_dim, squash=not self._discrete
+            embedding, hidden, action_dim, continuous=not self._discrete
         )
 
         obs_mean = config.get("obs_mean")
@@ -179,7 +179,7 @@ class LaMoTorchRLModule(TorchRLModule):
 
     @override(RLModule)
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Predicted actions (post-tanh) or logits at every position, [B, K, A]."""
+        """Predicted actions (linear head: post-tanh) or logits at every position, [B, K, A]."""
         return {Columns.ACTION_DIST_INPUTS: self.action_head(self._state_hidden(batch))}
 
     @override(TorchRLModule)
