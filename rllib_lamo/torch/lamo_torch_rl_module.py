@@ -138,6 +138,11 @@ class LaMoTorchRLModule(TorchRLModule):
 
     def language_loss(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Next-token cross-entropy of the shared LM on a text batch (LaMo's auxiliary loss)."""
+        if self.tokenizer is None:
+            raise ValueError(
+                f"language_model={self.model_config['language_model']!r} has no tokenizer or "
+                "trained LM head (the Decision Transformer baseline): it has no language loss."
+            )
         return language_modeling_loss(self.language_model, input_ids)
 
     def _state_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
