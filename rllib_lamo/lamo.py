@@ -12,6 +12,7 @@ import pathlib
 import pickle
 import random
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -34,8 +35,9 @@ from ray.rllib.utils.metrics import (
 from ray.rllib.utils.typing import ResultDict, StateDict
 
 from rllib_lamo.connectors.decision_context import decision_context_connector
-from rllib_lamo.evaluation import evaluate_target_returns
+from rllib_lamo.evaluation import evaluate_target_returns, target_key
 from rllib_lamo.offline_data import LaMoOfflineData, dataset_folder
+from rllib_lamo.scores import PAPER_SCORE_KEY, TargetScore, paper_score, target_scores
 
 EMBEDDING_KINDS = ("mlp", "linear")
 # What `training(language_model="dt")` sets unless the same call says otherwise: the original
@@ -98,6 +100,9 @@ class LaMoConfig(AlgorithmConfig):
         self.target_returns: list[float] = [3600.0, 1800.0]
         self.custom_evaluation_function = evaluate_target_returns
         self.evaluation_duration = 20  # episodes per target return, as in the paper
+        # The paper reports each target's mean over its last 8 evaluations (the last 20K of
+        # 100K steps, evaluated every 2.5K), then the best target.
+        self.paper_score_last_n_evals = 8
         # Evaluation contexts need K steps of history, also when RLlib cuts long episodes.
         self.episode_lookback_horizon = self.context_len
         # The policy is trained on the dataset's raw actions: no rescaling, only clipping.
@@ -141,6 +146,7 @@ class LaMoConfig(AlgorithmConfig):
         data_ratio: float = NotProvided,
         data_subset_seed: int = NotProvided,
         target_returns: list[float] = NotProvided,
+        paper_score_last_n_evals: int = NotProvided,
         **kwargs: Any,
     ) -> LaMoConfig:
         """Sets LaMo's settings; `lr` (embeddings and heads) and the rest pass to RLlib.
@@ -174,6 +180,10 @@ class LaMoConfig(AlgorithmConfig):
             data_subset_seed: Seed of that subset (separate from `seed`, so that several
                 training seeds share one subset, as in the paper).
             target_returns: Evaluation targets in raw return units, e.g. [3600, 1800].
+            paper_score_last_n_evals: N of the paper's reported score (result key
+                ``evaluation/paper_score``): each target's mean over the last N evaluations
+                (all of them while fewer), then the best target. Paper: 8 (last 20K of 100K
+                steps, evaluated every 2.5K): set N to cover the same share of your run.
         """
         settings = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
         super().training(**kwargs)
@@ -261,6 +271,10 @@ class LaMoConfig(AlgorithmConfig):
             self._value_error("`episode_lookback_horizon` must be >= `context_len - 1`.")
         if not self.target_returns:
             self._value_error("`target_returns` needs at least one target return.")
+        if self.paper_score_last_n_evals < 1:
+            self._value_error(
+                f"`paper_score_last_n_evals` must be >= 1, got {self.paper_score_last_n_evals}."
+            )
         if self.num_learners == 0 and not self.dataset_num_iters_per_learner:
             self._value_error(
                 "With a local learner (`num_learners=0`) set the gradient steps per iteration: "
@@ -336,6 +350,8 @@ class LaMo(Algorithm):
         self._set_observation_normalisation(summary.obs_mean, summary.obs_std)
         self._best_evaluation: dict[str, float] | None = None
         self._latest_evaluation: dict[str, Any] | None = None
+        # Every evaluation's per-target scores, for the paper's last-N mean (kept in the state).
+        self._score_history: list[list[TargetScore]] = []
 
     def _check_dataset_fits_env(self) -> None:
         """A dataset recorded on another env must fail here, not deep inside a rollout."""
@@ -407,7 +423,11 @@ class LaMo(Algorithm):
 
     @override(Algorithm)
     def evaluate(self, *args: Any, **kwargs: Any) -> ResultDict:
-        """Evaluates every target return and keeps the best normalised score seen so far."""
+        """Evaluates every target return; adds the best score so far and the paper's score.
+
+        The paper's score (`scores.paper_score`, under ``scores.PAPER_SCORE_KEY``) averages
+        each target over the last `paper_score_last_n_evals` evaluations, then takes the best.
+        """
         results = super().evaluate(*args, **kwargs)
         best = results.get("best") if results else None
         if best:
@@ -415,6 +435,14 @@ class LaMo(Algorithm):
             if self._best_evaluation is None or best[key] > self._best_evaluation[key]:
                 self._best_evaluation = {**best, "iteration": self.iteration + 1}
             results["best_so_far"] = dict(self._best_evaluation)
+            self._score_history.append(
+                target_scores(results[target_key(t)] for t in self.config.target_returns)
+            )
+            results[PAPER_SCORE_KEY] = paper_score(
+                self._score_history,
+                self.config.paper_score_last_n_evals,
+                key_of_target=target_key,
+            )
             results["evaluated_at_iteration"] = self.iteration + 1
             self._latest_evaluation = copy.deepcopy(results)
         return results
@@ -441,6 +469,7 @@ class LaMo(Algorithm):
             "offline_data": self.offline_data.get_state(),
             "best_evaluation": self._best_evaluation,
             "latest_evaluation": self._latest_evaluation,
+            "score_history": [[asdict(score) for score in ev] for ev in self._score_history],
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -457,6 +486,10 @@ class LaMo(Algorithm):
             self.offline_data.set_state(lamo_state["offline_data"])
             self._best_evaluation = lamo_state["best_evaluation"]
             self._latest_evaluation = lamo_state["latest_evaluation"]
+            self._score_history = [
+                [TargetScore(**score) for score in evaluation]
+                for evaluation in lamo_state.get("score_history", [])
+            ]
             random.setstate(lamo_state["rng"]["python"])
             np.random.set_state(lamo_state["rng"]["numpy"])
             torch.set_rng_state(lamo_state["rng"]["torch"])

@@ -6,9 +6,23 @@ same thing everywhere it is printed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+# Result keys of the paper's reported number, `result["evaluation"][PAPER_SCORE_KEY]`: stable
+# names for the progress table, MLflow and the report.
+PAPER_SCORE_KEY = "paper_score"
+PAPER_SCORE = "score"  # the best target's mean over the last N evaluations
+PAPER_SCORE_STD = "std_over_episodes"  # std over all episodes of those N evaluations
+PAPER_SCORE_TARGET = "target_return"  # the target it was reached at
+PAPER_SCORE_METRIC = "metric"  # "normalised_score", or "return" where the env has no references
+PAPER_SCORE_NUM_EVALUATIONS = "num_evaluations"  # evaluations averaged (<= N on short runs)
+PAPER_SCORE_LAST_N = "last_n_evaluations"  # N, the setting
+PAPER_SCORE_NUM_EPISODES = "num_episodes"
+PAPER_SCORE_PER_TARGET = "per_target"  # {target_key: {score, std_over_episodes, ...}}
 
 
 @dataclass(frozen=True)
@@ -35,11 +49,13 @@ D4RL_REFERENCE_SCORES: dict[str, ReferenceScores] = {
     "reacher2d": ReferenceScores(0.0, 100.0, "LaMo Table 5"),
 }
 
+# Env-name prefixes per task. Only the paper's sparse planar arm is Reacher2d: gymnasium's
+# dense-reward ``Reacher`` is another task whose returns are negative distances.
 _ENV_TASK = {
     "hopper": "hopper",
     "walker2d": "walker2d",
     "halfcheetah": "halfcheetah",
-    "reacher": "reacher2d",
+    "reacher2d": "reacher2d",
 }
 
 
@@ -56,3 +72,91 @@ def reference_scores(env_id: str) -> ReferenceScores | None:
     """The D4RL reference scores for an env id, or None where D4RL defines none."""
     task = task_of_env(env_id)
     return D4RL_REFERENCE_SCORES.get(task) if task else None
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """One evaluation of one target return: mean and std over its episodes, by one metric."""
+
+    target_return: float
+    mean: float
+    std: float
+    num_episodes: int
+    metric: str
+
+
+def target_scores(per_target_metrics: Iterable[Mapping[str, Any]]) -> list[TargetScore]:
+    """One evaluation's per-target figures by the paper's measure (normalised where possible).
+
+    Takes the per-target dicts the evaluation reports (``target_return``, ``num_episodes``,
+    ``normalised_score_mean/std`` where the env has reference scores, else ``return_mean/std``).
+    """
+    scores = []
+    for metrics in per_target_metrics:
+        metric = "normalised_score" if "normalised_score_mean" in metrics else "return"
+        scores.append(
+            TargetScore(
+                target_return=float(metrics["target_return"]),
+                mean=float(metrics[f"{metric}_mean"]),
+                std=float(metrics[f"{metric}_std"]),
+                num_episodes=int(metrics["num_episodes"]),
+                metric=metric,
+            )
+        )
+    return scores
+
+
+def paper_score(
+    history: Sequence[Sequence[TargetScore]], last_n: int, *, key_of_target: Any = str
+) -> dict[str, Any] | None:
+    """LaMo's reported number: per target, the mean over the last `last_n` evaluations, then
+    the best target (the paper: the last 20K of 100K steps, i.e. its last 8 evaluations).
+
+    A run with fewer evaluations averages all of them (``num_evaluations`` says how many). The
+    mean pools those evaluations' episodes (with equal episodes per evaluation, the mean of the
+    evaluation means); the std is over those same episodes. None before the first evaluation.
+    `key_of_target` names a target in ``per_target`` (e.g. ``target_3600``).
+    """
+    if last_n < 1:
+        raise ValueError(f"paper_score_last_n_evals must be >= 1, got {last_n}.")
+    window = history[-last_n:]
+    if not window:
+        return None
+    by_target: dict[float, list[TargetScore]] = {}
+    for evaluation in window:
+        for score in evaluation:
+            by_target.setdefault(score.target_return, []).append(score)
+    per_target = {target: _pooled(scores) for target, scores in by_target.items()}
+    best_target = max(per_target, key=lambda target: per_target[target][PAPER_SCORE])
+    best = per_target[best_target]
+    return {
+        PAPER_SCORE: best[PAPER_SCORE],
+        PAPER_SCORE_STD: best[PAPER_SCORE_STD],
+        PAPER_SCORE_TARGET: best_target,
+        PAPER_SCORE_METRIC: best[PAPER_SCORE_METRIC],
+        PAPER_SCORE_NUM_EVALUATIONS: len(window),
+        PAPER_SCORE_LAST_N: last_n,
+        PAPER_SCORE_PER_TARGET: {
+            key_of_target(target): per_target[target] for target in sorted(per_target)
+        },
+    }
+
+
+def _pooled(scores: Sequence[TargetScore]) -> dict[str, Any]:
+    """Mean and std over all episodes of several evaluations, from their means and stds."""
+    metrics = {score.metric for score in scores}
+    if len(metrics) > 1:
+        raise ValueError(f"Cannot average evaluations scored by different metrics: {metrics}.")
+    counts = np.array([score.num_episodes for score in scores], dtype=np.float64)
+    means = np.array([score.mean for score in scores])
+    stds = np.array([score.std for score in scores])
+    total = counts.sum()
+    mean = float((counts * means).sum() / total)
+    second_moment = float((counts * (stds**2 + means**2)).sum() / total)
+    return {
+        PAPER_SCORE: mean,
+        PAPER_SCORE_STD: float(np.sqrt(max(second_moment - mean**2, 0.0))),
+        PAPER_SCORE_NUM_EVALUATIONS: len(scores),
+        PAPER_SCORE_NUM_EPISODES: int(total),
+        PAPER_SCORE_METRIC: metrics.pop(),
+    }

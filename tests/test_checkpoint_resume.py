@@ -77,7 +77,7 @@ def test_checkpoint_holds_only_trainable_weights(tmp_path):
     names = set(pickle.loads(state_file.read_bytes()))
     assert {"obs_mean", "obs_std"} <= names
     assert any("lora_A" in name for name in names)
-    frozen = ("wte.", "lm_head.", "mlp.c_fc.", "ln_1.", "c_attn.base_layer.weight")
+    frozen = ("wte.", "lm_head.", "mlp.c_fc.", "ln_1.", "_proj.base_layer.weight")
     assert not [name for name in names if any(part in name for part in frozen)]
 
 
