@@ -6,7 +6,7 @@ same thing everywhere it is printed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +107,10 @@ def target_scores(per_target_metrics: Iterable[Mapping[str, Any]]) -> list[Targe
 
 
 def paper_score(
-    history: Sequence[Sequence[TargetScore]], last_n: int, *, key_of_target: Any = str
+    history: Sequence[Sequence[TargetScore]],
+    last_n: int,
+    *,
+    key_of_target: Callable[[float], str] = str,
 ) -> dict[str, Any] | None:
     """LaMo's reported number: per target, the mean over the last `last_n` evaluations, then
     the best target (the paper: the last 20K of 100K steps, i.e. its last 8 evaluations).
