@@ -49,17 +49,17 @@ class PretrainConfig:
     n_embd: int = 256
     n_head: int = 4
     n_positions: int = 512
-    block_len: int = 256
-    batch_size: int = 8
-    steps: int = 80
+    block_len: int = 512
+    batch_size: int = 4
+    steps: int = 40
     learning_rate: float = 3e-3
-    warmup_steps: int = 8
+    warmup_steps: int = 4
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     dropout: float = 0.0
     held_out_articles: int = 6
-    eval_blocks: int = 32
+    eval_blocks: int = 16
     markov_temperature: float = 0.5
     seed: int = 0
 
@@ -332,8 +332,59 @@ def pretrain(
         "markov_entropy_rate": floor,
     }
     (output_dir / RECIPE_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    write_model_card(output_dir)
     logger.info("Saved to %s (%.1f MB).", output_dir, directory_megabytes(output_dir))
     return report
+
+
+def write_model_card(output_dir: Path) -> None:
+    """README.md for a pre-trained directory, from the run's own record (`RECIPE_FILE`)."""
+    report = json.loads((output_dir / RECIPE_FILE).read_text())
+    config = report["config"]
+    held_out, random_init = report["held_out"], report["random_init_held_out"]
+    corpus = {
+        "english": "the training articles of the shipped English Wikipedia sample "
+        "(`rllib_lamo/resources/wikipedia_en_sample.jsonl.xz`)",
+        "synthetic": "token sequences of a seeded random first-order Markov chain over the same "
+        f"vocabulary (temperature {config['markov_temperature']}; entropy rate "
+        f"{report['markov_entropy_rate'] or 0:.2f} nats/token)",
+    }[report["corpus"]]
+    weights = sum(f.stat().st_size for f in output_dir.glob("*.safetensors")) / 1e6
+    vocab = round(math.exp(held_out["ln_vocab"]))
+    (output_dir / "README.md").write_text(
+        f"""# {output_dir.name}
+
+GPT-2 architecture (`GPT2LMHeadModel`): {config["n_layer"]} blocks x {config["n_embd"]} hidden,
+{config["n_head"]} heads, {config["n_positions"]} positions, tied input/output embeddings,
+{report["parameters"]:,} parameters; byte-level BPE tokenizer of {
+            vocab:,} tokens (`<|endoftext|>` is EOS, BOS and padding).
+Pre-trained on {corpus}; {config["held_out_articles"]} articles drawn with seed {config["seed"]}
+are held out from the tokenizer and the LM.
+
+Made with (seed {config["seed"]}, {report["threads"]} torch threads):
+
+```bash
+{report["command"]}
+```
+
+- Training: {config["steps"]} AdamW steps of {config["batch_size"]} x {config["block_len"]} tokens
+  (lr {config["learning_rate"]}, {config["warmup_steps"]} warmup steps, cosine decay to
+  {config["min_lr_ratio"]} of it, weight decay {config["weight_decay"]}, gradient clipping
+  {config["grad_clip"]}), next-token loss; {report["train_seconds"]:.0f} s on the machine it ran on.
+- Size on disk: {weights:.1f} MB of fp16 safetensors ({directory_megabytes(output_dir):.1f} MB
+  with the tokenizer and config); `load_language_model` upcasts to float32.
+
+Held-out English next-token loss ({held_out["tokens"]:,} predicted tokens, first
+{config["eval_blocks"]} blocks of {config["block_len"]} tokens of the held-out articles):
+
+| model | loss (nats/token) | nats/byte |
+|---|---|---|
+| this model | {held_out["loss"]:.3f} | {held_out["nats_per_byte"]:.3f} |
+| same architecture, random init (seed {config["seed"]}) | {random_init["loss"]:.3f} | {
+            random_init["nats_per_byte"]:.3f} |
+| uniform over the vocabulary, ln(vocab) | {held_out["ln_vocab"]:.3f} | |
+"""
+    )
 
 
 def partial_cosine(config: PretrainConfig):

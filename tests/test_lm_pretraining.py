@@ -75,7 +75,8 @@ def test_shipped_english_lm_predicts_held_out_articles_far_better_than_uniform(o
     random_init, _ = load_language_model(PACKAGED_TINY_ENGLISH, pretrained=False)
     blocks = held_out_blocks(tokenizer, held_out, block_len=256, num_blocks=4)
     uniform = math.log(len(tokenizer))
-    assert evaluate_blocks(pretrained, tokenizer, blocks)["loss"] < uniform - 2.0
+    # 1.5 nats below uniform: the right token is 4.5 times likelier than a uniform guess.
+    assert evaluate_blocks(pretrained, tokenizer, blocks)["loss"] < uniform - 1.5
     # The same architecture untrained is no better than uniform guessing.
     assert evaluate_blocks(random_init, tokenizer, blocks)["loss"] > uniform - 0.5
     assert type(random_init) is type(pretrained)
@@ -124,6 +125,7 @@ def test_pretrain_command_end_to_end_and_the_synthetic_control_builds_on_demand(
     assert report["corpus"] == "english" and report["config"]["steps"] == 3
     assert report["command"].startswith("lamo-lm pretrain --output")
     assert math.isfinite(report["held_out"]["loss"])
+    assert "lamo-lm pretrain --output" in (english_dir / "README.md").read_text()
 
     # lamo-tiny-synthetic follows the shipped model's recipe; point it at the tiny one.
     monkeypatch.setattr(language_models, "packaged_tiny_english_dir", lambda: english_dir)
