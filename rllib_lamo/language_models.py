@@ -384,7 +384,8 @@ def _load_config(source: str, name: str) -> transformers.PretrainedConfig:
             reason = "it is not a local directory and the Hugging Face Hub has no such model"
         raise OSError(
             f"Cannot load language model {name!r}: {reason}, and it is not in the local "
-            f"Hugging Face cache. Offline, use '{PACKAGED_SMOLLM2}' (packaged SmolLM2-135M), a "
+            f"Hugging Face cache. Offline, use '{PACKAGED_SMOLLM2}' (packaged SmolLM2-135M), "
+            f"'{PACKAGED_TINY_ENGLISH}' (packaged small GPT-2), a "
             f"save_pretrained directory or a .gguf file. Accepted: {ACCEPTED_NAMES}."
         ) from err
 
