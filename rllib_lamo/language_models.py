@@ -490,7 +490,15 @@ def _pretrain_synthetic(english: Path, recipe: dict, output_dir: Path) -> None:
         PACKAGED_TINY_ENGLISH,
         recipe["steps"],
     )
-    pretrain("synthetic", output_dir, PretrainConfig(**recipe), tokenizer_source=str(english))
+    # threads=None keeps the calling process's torch thread setting.
+    pretrain(
+        "synthetic",
+        output_dir,
+        PretrainConfig(**recipe),
+        tokenizer_source=str(english),
+        threads=None,
+        command=f"load_language_model({TINY_SYNTHETIC!r}) (built on first use)",
+    )
 
 
 def build_directory_once(target: Path, build: Callable[[Path], None]) -> Path:
