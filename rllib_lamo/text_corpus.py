@@ -92,6 +92,12 @@ class TextCorpus:
         cls, spec: str, tokenizer: Any, *, block_len: int, batch_size: int, seed: int
     ) -> TextCorpus:
         """Read, tokenise and block the corpus named by `spec` (see the module docstring)."""
+        longest = getattr(tokenizer, "model_max_length", None)
+        if longest is not None and block_len > longest:
+            raise ValueError(
+                f"Text block length {block_len} (text_block_len) exceeds the {longest} positions "
+                f"this language model takes; set text_block_len <= {longest}."
+            )
         started = time.perf_counter()
         tokens = tokenize_documents(read_documents(spec), tokenizer)
         corpus = cls(tokens, block_len=block_len, batch_size=batch_size, seed=seed, source=spec)
