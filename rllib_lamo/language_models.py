@@ -48,6 +48,8 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
+from rllib_lamo import storage
+
 logger = logging.getLogger(__name__)
 
 PACKAGED_SMOLLM2 = "smollm2-135m"
@@ -60,7 +62,7 @@ ACCEPTED_NAMES = (
     f"'{PACKAGED_SMOLLM2}' (packaged, works offline), or the random test models "
     + " / ".join(f"'{name}'" for name in TINY_MODELS)
 )
-DEFAULT_CACHE_DIR = Path("~/.cache/rllib_lamo")
+DEFAULT_CACHE_DIR = storage.cache_dir()
 
 # The tiny models' "pre-trained" weights are a fixed draw, so every process (learner, env
 # runners) rebuilds the same frozen base; `pretrained=False` draws from torch's global RNG.

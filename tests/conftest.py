@@ -24,3 +24,13 @@ def ray_cluster():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def toy_dataset(tmp_path_factory: pytest.TempPathFactory):
+    """25 toy episodes in shards of at most 120 steps, labelled as Hopper data."""
+    from rllib_lamo.data.testing import write_toy_dataset
+
+    out = tmp_path_factory.mktemp("shards") / "toy-v0"
+    write_toy_dataset(out, num_episodes=25, max_steps_per_shard=120, env_id="Hopper-v5")
+    return out
