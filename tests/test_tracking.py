@@ -8,6 +8,7 @@ read back what the run holds, load the logged policy, and evaluate it from its `
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -34,7 +35,7 @@ from rllib_lamo.experiments.cli import build_parser, tune_callbacks
 from rllib_lamo.experiments.experiment_file import ExperimentError, MLflowSettings, load_experiments
 from rllib_lamo.experiments.policy_model import MODEL_NAME, local_checkpoint
 from rllib_lamo.experiments.store import resolve_tracking_uri
-from rllib_lamo.experiments.tracking import LaMoMLflowCallback, iteration_metrics
+from rllib_lamo.experiments.tracking import LaMoMLflowCallback, dataset_params, iteration_metrics
 
 MLFLOW = [str(Path(sys.executable).with_name("mlflow"))]
 EXPERIMENT = "hopper-lamo-tracked"
@@ -160,6 +161,27 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
     assert resolve_tracking_uri(None, MLflowSettings(), str(tmp_path)) == "http://env:5000"
     assert resolve_tracking_uri(None, from_yaml, str(tmp_path)) == "http://yaml:5000"
+
+
+def test_dataset_hash_is_read_from_metadata_not_recomputed(tmp_path: Path) -> None:
+    from rllib_lamo.data.format import CONTENT_HASH_KEY, content_hash
+    from rllib_lamo.data.testing import write_toy_dataset
+
+    folder = tmp_path / "toy"
+    written = write_toy_dataset(folder, 6)
+    assert dataset_params(str(folder)) == {
+        "dataset_id": "toy",
+        "dataset_hash": written[CONTENT_HASH_KEY],
+    }
+    # A dataset written before the key existed is hashed once, by the same definition.
+    metadata_file = folder / "metadata.json"
+    old_style = {k: v for k, v in written.items() if k != CONTENT_HASH_KEY}
+    metadata_file.write_text(json.dumps(old_style))
+    assert dataset_params(str(folder))["dataset_hash"] == written[CONTENT_HASH_KEY]
+    # With the key present, the stored value is what is logged: no shard is read.
+    metadata_file.write_text(json.dumps({**old_style, CONTENT_HASH_KEY: "f" * 64}))
+    assert dataset_params(str(folder))["dataset_hash"] == "f" * 64 == content_hash(str(folder))
+    assert dataset_params(str(tmp_path / "missing")) == {}
 
 
 def test_evaluation_metrics_are_logged_only_when_evaluation_ran() -> None:
