@@ -287,10 +287,11 @@ def tune_callbacks(
     """Tune callbacks of a run: the progress table and, unless `--no-mlflow`, MLflow."""
     # Imported when needed, as Tune and MLflow cost seconds to import.
     from rllib_lamo.experiments.progress import ProgressTable
-    from rllib_lamo.experiments.tracking import mlflow_callback
 
     callbacks: list[Callback] = [ProgressTable(show_checkpoints=args.verbose)]
     if not args.no_mlflow:
+        from rllib_lamo.experiments.tracking import mlflow_callback
+
         callbacks.append(mlflow_callback(spec, storage_root, args.mlflow_uri, args.register_model))
     return callbacks
 
