@@ -29,9 +29,26 @@ from conftest import (
 )
 
 from rllib_lamo.evaluation import TargetRollouts, summarise
-from rllib_lamo.experiments.cli import evaluation_table, main
+from rllib_lamo.experiments.cli import build_parser, evaluation_table, main, tune_callbacks
+from rllib_lamo.experiments.experiment_file import load_experiments
+from rllib_lamo.experiments.tracking import LaMoMLflowCallback
 
 BC_STOP_ITERATION = 4
+
+
+def test_no_mlflow_flag_leaves_only_the_progress_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (spec,) = load_experiments(write_workdir(tmp_path, {"x": tiny_lamo_experiment()}))
+    command = ["train", "file", "experiments.yaml", "--register-model", "m"]
+    tracked = tune_callbacks(build_parser().parse_args(command), spec, str(tmp_path))
+    (callback,) = [c for c in tracked if isinstance(c, LaMoMLflowCallback)]
+    assert callback.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert callback.experiment_name == "x" and callback.register_model == "m"
+    untracked = tune_callbacks(build_parser().parse_args([*command, "--no-mlflow"]), spec, "r")
+    assert not any(isinstance(c, LaMoMLflowCallback) for c in untracked)
 
 
 def test_evaluation_table_shows_every_target_and_the_best() -> None:

@@ -31,11 +31,9 @@ from conftest import (
     write_workdir,
 )
 
-from rllib_lamo.experiments.cli import build_parser, tune_callbacks
-from rllib_lamo.experiments.experiment_file import ExperimentError, MLflowSettings, load_experiments
+from rllib_lamo.experiments.experiment_file import ExperimentError
 from rllib_lamo.experiments.policy_model import MODEL_NAME, local_checkpoint
-from rllib_lamo.experiments.store import resolve_tracking_uri
-from rllib_lamo.experiments.tracking import LaMoMLflowCallback, dataset_params, iteration_metrics
+from rllib_lamo.experiments.tracking import dataset_params, iteration_metrics
 
 MLFLOW = [str(Path(sys.executable).with_name("mlflow"))]
 EXPERIMENT = "hopper-lamo-tracked"
@@ -135,34 +133,6 @@ def tracked_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 # ------------------------------------------------------------------------- fast, no Ray
-def test_no_mlflow_flag_leaves_only_the_progress_table(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (spec,) = load_experiments(write_workdir(tmp_path, {"x": tiny_lamo_experiment()}))
-    command = ["train", "file", "experiments.yaml", "--register-model", "m"]
-    tracked = tune_callbacks(build_parser().parse_args(command), spec, str(tmp_path))
-    (callback,) = [c for c in tracked if isinstance(c, LaMoMLflowCallback)]
-    assert callback.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert callback.experiment_name == "x" and callback.register_model == "m"
-    untracked = tune_callbacks(build_parser().parse_args([*command, "--no-mlflow"]), spec, "r")
-    assert not any(isinstance(c, LaMoMLflowCallback) for c in untracked)
-
-
-def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from_yaml = MLflowSettings(tracking_uri="http://yaml:5000")
-    assert resolve_tracking_uri("http://flag:5000", from_yaml, str(tmp_path)) == "http://flag:5000"
-    assert resolve_tracking_uri(None, from_yaml, str(tmp_path)) == "http://yaml:5000"
-    assert resolve_tracking_uri(None, MLflowSettings(), str(tmp_path)) == (
-        f"sqlite:///{tmp_path / 'mlflow.db'}"
-    )
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
-    assert resolve_tracking_uri(None, MLflowSettings(), str(tmp_path)) == "http://env:5000"
-    assert resolve_tracking_uri(None, from_yaml, str(tmp_path)) == "http://yaml:5000"
-
-
 def test_dataset_hash_is_read_from_metadata_not_recomputed(tmp_path: Path) -> None:
     from rllib_lamo.data.format import CONTENT_HASH_KEY, content_hash
     from rllib_lamo.data.testing import write_toy_dataset
