@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rllib_lamo import metrics
+from rllib_lamo import metrics as m
 from rllib_lamo.experiments import store
 from rllib_lamo.experiments.experiment_file import (
     ExperimentError,
@@ -49,9 +49,9 @@ MIN_LOCAL_NUM_CPUS = 4
 DEFAULT_OBJECT_STORE_MB = 1024
 # Checkpoint scores tried in order when the experiment names no `checkpoint_score_attribute`.
 BEST_CHECKPOINT_METRICS = (
-    metrics.evaluation_metric(metrics.BEST, metrics.NORMALISED_SCORE),
-    metrics.evaluation_metric(metrics.BEST, metrics.RETURN),
-    metrics.RLLIB_EVALUATION_RETURN,
+    m.evaluation_metric(m.BEST, m.NORMALISED_SCORE),
+    m.evaluation_metric(m.BEST, m.RETURN),
+    m.RLLIB_EVALUATION_RETURN,
 )
 
 
@@ -434,7 +434,7 @@ def evaluation_table(metrics: Mapping[str, Any]) -> str:
     per_target = [
         values
         for values in metrics.values()
-        if isinstance(values, Mapping) and metrics.RETURN_MEAN in values
+        if isinstance(values, Mapping) and m.RETURN_MEAN in values
     ]
     header = ("target", "episodes", "return", "normalised")
     rows = [
