@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from rllib_lamo.data.format import (
+    CONTENT_HASH_KEY,
     FORMAT,
     DatasetError,
+    content_hash,
     read_metadata,
 )
 from rllib_lamo.data.validation import validate_dataset, validate_episode_batch
@@ -56,3 +59,10 @@ def test_missing_dataset_hint_names_the_generate_command(tmp_path):
         read_metadata(tmp_path / "hopper-medium-replay-v5-200k")
     with pytest.raises(DatasetError, match="Make one with `lamo-data generate` or"):
         read_metadata(tmp_path / "my-data")
+
+
+def test_the_shipped_dataset_states_the_hash_of_its_shards():
+    shipped = Path(__file__).resolve().parents[1] / "datasets" / "hopper-medium-v5"
+    meta = read_metadata(shipped)
+    recomputed = content_hash(shipped, {k: v for k, v in meta.items() if k != CONTENT_HASH_KEY})
+    assert meta[CONTENT_HASH_KEY] == recomputed
