@@ -13,7 +13,6 @@ runner steps several envs at once.
 from __future__ import annotations
 
 import pathlib
-import pickle
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,25 +20,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow.fs
-from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
-from ray.rllib.core import (
-    COMPONENT_LEARNER,
-    COMPONENT_LEARNER_GROUP,
-    COMPONENT_RL_MODULE,
-    DEFAULT_MODULE_ID,
-)
 from ray.rllib.env.env_runner_group import EnvRunnerGroup
-from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EVALUATION_RESULTS
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
+from rllib_lamo.checkpoints import config_from_checkpoint, module_location
 from rllib_lamo.connectors.decision_context import (
     decision_context_of,
     episode_env_index,
     episode_return_so_far,
 )
 from rllib_lamo.scores import reference_scores
+from rllib_lamo.storage import absolute_location
 
 if TYPE_CHECKING:
     from ray.rllib.algorithms.algorithm import Algorithm
@@ -269,23 +261,15 @@ def evaluate_checkpoint(
     readable from every env runner (a local path on one node, shared or cloud storage
     otherwise). `num_env_runners=0` evaluates in this process.
     """
-    path = _absolute_uri(checkpoint_path)
-    config = _config_from_checkpoint(path)
+    path = absolute_location(checkpoint_path)
+    config = config_from_checkpoint(path)
     eval_config = config.get_evaluation_config_object()
     eval_config.env_runners(num_env_runners=num_env_runners)
     if seed is not None:
         eval_config.debugging(seed=seed)
     eval_config.freeze()
 
-    module_path = "/".join(
-        [
-            path.rstrip("/"),
-            COMPONENT_LEARNER_GROUP,
-            COMPONENT_LEARNER,
-            COMPONENT_RL_MODULE,
-            DEFAULT_MODULE_ID,
-        ]
-    )
+    module_path = module_location(path)
     group = EnvRunnerGroup(config=eval_config, local_env_runner=num_env_runners == 0)
     try:
         group.foreach_env_runner(
@@ -301,19 +285,3 @@ def evaluate_checkpoint(
     finally:
         group.stop()
     return metrics
-
-
-def _absolute_uri(path: str | pathlib.Path) -> str:
-    """Cloud URIs as they are, local paths made absolute (pyarrow and other nodes need it)."""
-    text = str(path)
-    return text if "://" in text else str(pathlib.Path(text).resolve())
-
-
-def _config_from_checkpoint(path: str) -> AlgorithmConfig:
-    """The algorithm config an `Algorithm` checkpoint was saved with."""
-    filesystem, fs_path = pyarrow.fs.FileSystem.from_uri(path)
-    ctor_file = pathlib.PurePosixPath(fs_path) / Checkpointable.CLASS_AND_CTOR_ARGS_FILE_NAME
-    with filesystem.open_input_stream(ctor_file.as_posix()) as stream:
-        ctor_info = pickle.load(stream)
-    (config_state,), _ = ctor_info["ctor_args_and_kwargs"]
-    return AlgorithmConfig.from_state(config_state)

@@ -20,10 +20,9 @@ import torch
 from ray import tune
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
-from ray.rllib.core import COMPONENT_LEARNER_GROUP, DEFAULT_MODULE_ID
+from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
-from ray.rllib.utils.checkpoints import Checkpointable
 from ray.rllib.utils.metrics import (
     EVALUATION_RESULTS,
     LEARNER_RESULTS,
@@ -34,6 +33,7 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.typing import ResultDict, StateDict
 
+from rllib_lamo.checkpoints import check_checkpoint_folder, restore_offline
 from rllib_lamo.connectors.decision_context import decision_context_connector
 from rllib_lamo.evaluation import evaluate_target_returns, target_key
 from rllib_lamo.offline_data import LaMoOfflineData, dataset_folder
@@ -497,39 +497,21 @@ class LaMo(Algorithm):
     @classmethod
     @override(Algorithm)
     def from_checkpoint(cls, path: str | pathlib.Path, *args: Any, **kwargs: Any) -> LaMo:
-        _check_checkpoint_folder(pathlib.Path(path))
+        check_checkpoint_folder(path)
         return super().from_checkpoint(path, *args, **kwargs)
 
     @override(Algorithm)
     def restore_from_path(self, path: str | pathlib.Path, *args: Any, **kwargs: Any) -> None:
         """Restores without Ray 2.60's training-env-runner sync, which offline runs lack."""
         path = pathlib.Path(path)
-        _check_checkpoint_folder(path)
+        check_checkpoint_folder(path)
         try:
-            Checkpointable.restore_from_path(self, path, *args, **kwargs)
+            restore_offline(self, path, *args, **kwargs)
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
             raise ValueError(
                 f"{path}: the checkpoint is corrupt or incomplete and cannot be restored "
                 f"({type(error).__name__}: {error})"
             ) from error
-        self._sync_evaluation_weights()
-
-
-# What a complete LaMo checkpoint folder holds (written by `Algorithm.save_to_path`).
-CHECKPOINT_FILES = (
-    "algorithm_state.pkl",
-    "class_and_ctor_args.pkl",
-    f"{COMPONENT_LEARNER_GROUP}/learner/state.pkl",
-)
-
-
-def _check_checkpoint_folder(path: pathlib.Path) -> None:
-    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{path} is not a LaMo checkpoint: missing {', '.join(missing)}. Pass a "
-            "checkpoint_NNNNNN folder written by `rllib train` or `algo.save_to_path()`."
-        )
 
 
 def _learner_major_concat(batches: list[Any], num_learners: int) -> Any:

@@ -16,21 +16,22 @@ from ray.rllib.core.learner.learner import Learner
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.typing import ModuleID, StateDict
 
+# Metric names live in `rllib_lamo.metrics` (the application reads them there); imported
+# here under the names the learners use.
+from rllib_lamo.metrics import ACTION_LOSS_KEY as ACTION_LOSS_KEY
+from rllib_lamo.metrics import GRADIENT_STEPS_KEY as GRADIENT_STEPS_KEY
+from rllib_lamo.metrics import GRADIENTS_GLOBAL_NORM_KEY as GRADIENTS_GLOBAL_NORM_KEY
+from rllib_lamo.metrics import LANGUAGE_LOSS_KEY as LANGUAGE_LOSS_KEY
+from rllib_lamo.metrics import LR_HEADS_KEY as LR_HEADS_KEY
+from rllib_lamo.metrics import LR_LM_KEY as LR_LM_KEY
+from rllib_lamo.metrics import TOTAL_LOSS_KEY as TOTAL_LOSS_KEY
+from rllib_lamo.metrics import WARMUP_FACTOR_KEY as WARMUP_FACTOR_KEY
 from rllib_lamo.text_corpus import TextCorpus
 
 # Optimizer names, registered per module (RLlib prefixes them with the module ID).
 LM_OPTIMIZER = "lm"
 HEADS_OPTIMIZER = "heads"
 
-# Metrics, logged under the module ID (`total_loss` is RLlib's `Learner.TOTAL_LOSS_KEY`).
-ACTION_LOSS_KEY = "action_loss"
-LANGUAGE_LOSS_KEY = "language_loss"
-TOTAL_LOSS_KEY = Learner.TOTAL_LOSS_KEY
-LR_LM_KEY = f"lr_{LM_OPTIMIZER}"
-LR_HEADS_KEY = f"lr_{HEADS_OPTIMIZER}"
-WARMUP_FACTOR_KEY = "warmup_factor"
-GRADIENT_STEPS_KEY = "gradient_steps"
-GRADIENTS_GLOBAL_NORM_KEY = "gradients_global_norm"
 
 # The Learner-state entry holding the step counter and the text corpora's positions.
 COMPONENT_LAMO = "lamo"

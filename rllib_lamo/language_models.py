@@ -53,6 +53,8 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
+from rllib_lamo import storage
+
 logger = logging.getLogger(__name__)
 
 PACKAGED_SMOLLM2 = "smollm2-135m"
@@ -74,7 +76,7 @@ ACCEPTED_NAMES = (
     "Transformer's 3x128 GPT-2, random init), or the random test models "
     + " / ".join(f"'{name}'" for name in TINY_MODELS)
 )
-DEFAULT_CACHE_DIR = Path("~/.cache/rllib_lamo")
+DEFAULT_CACHE_DIR = storage.cache_dir()
 
 # The tiny models' "pre-trained" weights are a fixed draw, so every process (learner, env
 # runners) rebuilds the same frozen base; `pretrained=False` draws from torch's global RNG.

@@ -103,7 +103,7 @@ def test_a_dataset_from_another_env_is_refused_naming_both(ray_cluster):
 
 
 def test_a_truncated_checkpoint_file_is_named(tmp_path):
-    from rllib_lamo.lamo import CHECKPOINT_FILES
+    from rllib_lamo.checkpoints import CHECKPOINT_FILES
 
     checkpoint = tmp_path / "ckpt"
     run_fresh_process("save", str(checkpoint), "1", str(HOPPER))

@@ -8,252 +8,47 @@ GPT-2, each through `rllib train file` on a real local Ray cluster started by th
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import gymnasium as gym
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-import yaml
-
-from rllib_lamo.cli import evaluation_table, main
-from rllib_lamo.evaluation import TargetRollouts, summarise
-from rllib_lamo.experiment import (
-    ExperimentError,
-    OfflineRestoreMixin,
-    listed_config_keys,
-    load_experiments,
-    valid_config_keys,
+from conftest import (
+    RLLIB,
+    SMALL_RAY,
+    bc_experiment,
+    evaluation_table_of,
+    rllib_env,
+    run_rllib,
+    tiny_lamo_experiment,
+    write_workdir,
+    write_yaml,
 )
-from rllib_lamo.progress import COLUMNS, MISSING, row_cells
 
-CONSOLE_SCRIPT = Path(sys.executable).with_name("rllib")
-RLLIB = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [shutil.which("rllib") or "rllib"]
-# Every command that starts Ray gets a small local cluster of its own.
-SMALL_RAY = ["--ray-num-cpus", "4", "--ray-object-store-mb", "300"]
+from rllib_lamo.evaluation import TargetRollouts, summarise
+from rllib_lamo.experiments.cli import build_parser, evaluation_table, main, tune_callbacks
+from rllib_lamo.experiments.experiment_file import load_experiments
+from rllib_lamo.experiments.tracking import LaMoMLflowCallback
+
 BC_STOP_ITERATION = 4
 
 
-def run_rllib(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*RLLIB, *args], cwd=cwd, env=_cli_env(), capture_output=True, text=True, timeout=timeout
-    )
-
-
-def _cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)  # never join another session's cluster
-    return env
-
-
-def write_yaml(path: Path, document: dict) -> Path:
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
-
-
-def write_cartpole_recording(folder: Path, num_episodes: int = 20) -> None:
-    """A small RLlib column recording (one row per step) of a noisy pole-angle policy."""
-    env = gym.make("CartPole-v1")
-    rng = np.random.default_rng(0)
-    rows: list[dict] = []
-    for episode in range(num_episodes):
-        obs, _ = env.reset(seed=episode)
-        done = False
-        while not done:
-            action = int(obs[2] > 0) if rng.random() > 0.2 else int(rng.integers(2))
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            rows.append(
-                {
-                    "eps_id": str(episode),
-                    "obs": obs.tolist(),
-                    "new_obs": next_obs.tolist(),
-                    "actions": action,
-                    "rewards": float(reward),
-                    "terminateds": terminated,
-                    "truncateds": truncated,
-                }
-            )
-            obs, done = next_obs, terminated or truncated
-    folder.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows), folder / "part-00000.parquet")
-
-
-def bc_experiment(stop_iteration: int = 2, **config: object) -> dict:
-    """A BC run small enough for tests; `input_` is relative on purpose."""
-    return {
-        "cartpole-bc": {
-            "run": "BC",
-            "env": "CartPole-v1",
-            "stop": {"training_iteration": stop_iteration},
-            "config": {
-                "input_": "data/cartpole",
-                "dataset_num_iters_per_learner": 5,
-                "train_batch_size_per_learner": 32,
-                # One map actor, so that Ray Data's reads keep a spare CPU (4 logical CPUs).
-                "map_batches_kwargs": {"concurrency": 1, "num_cpus": 1},
-                "evaluation_interval": 1,
-                "evaluation_num_env_runners": 1,
-                "evaluation_duration": 2,
-                "evaluation_duration_unit": "episodes",
-                **config,
-            },
-        }
-    }
-
-
-@pytest.fixture
-def bc_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working directory with a CartPole recording under ./data/cartpole."""
-    write_cartpole_recording(tmp_path / "data" / "cartpole")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-# ----------------------------------------------------------------- experiment files (in-process)
-def test_yaml_experiment_resolves_paths_and_applies_overrides(bc_workdir: Path) -> None:
-    experiment = bc_experiment()
-    experiment["cartpole-bc"]["stop"]["evaluation"] = {"env_runners": {"episode_return_mean": 150}}
-    path = write_yaml(bc_workdir / "bc.yaml", experiment)
-
-    (spec,) = load_experiments(
-        path, config_overrides={"lr": 0.01, "input": "data/cartpole"}, stop_overrides={"x": 3}
-    )
-
-    assert spec.name == "cartpole-bc" and spec.algo_name == "BC" and spec.env == "CartPole-v1"
-    assert spec.config.input_ == str(bc_workdir / "data" / "cartpole")
-    assert spec.config.lr == 0.01
-    assert spec.stop == {
-        "training_iteration": 2,
-        "evaluation/env_runners/episode_return_mean": 150,
-        "x": 3,
-    }
-    from ray.rllib.algorithms.bc import BC
-
-    assert spec.trainable.__name__ == "BC"
-    assert issubclass(spec.trainable, BC) and issubclass(spec.trainable, OfflineRestoreMixin)
-
-
-def test_one_file_may_hold_several_experiments(bc_workdir: Path) -> None:
-    first = bc_experiment()["cartpole-bc"]
-    second = first | {"config": first["config"] | {"lr": 1e-3}}
-    write_yaml(bc_workdir / "two.yaml", {"bc-a": first, "bc-b": second})
-    specs = load_experiments("two.yaml")
-    assert [(spec.name, spec.config.lr) for spec in specs] == [("bc-a", 1e-4), ("bc-b", 1e-3)]
-
-
-def test_python_experiment_file(bc_workdir: Path) -> None:
-    path = bc_workdir / "bc_experiment.py"
-    path.write_text(
-        "from ray.rllib.algorithms.bc import BCConfig\n"
-        "config = (\n"
-        "    BCConfig().environment('CartPole-v1')\n"
-        "    .offline_data(input_='data/cartpole', dataset_num_iters_per_learner=2)\n"
-        "    .evaluation(evaluation_interval=1, evaluation_num_env_runners=1)\n"
-        ")\n"
-        "stop = {'training_iteration': 3}\n"
-        "checkpoint_config = {'num_to_keep': 2}\n"
-        "if __name__ == '__main__':\n"
-        "    raise SystemExit('must not run')\n"
-    )
-
-    (spec,) = load_experiments(path, config_overrides={"seed": 7})
-
-    assert spec.name == "bc_experiment" and spec.algo_name == "BC"
-    assert spec.stop == {"training_iteration": 3}
-    assert spec.checkpoint_config == {"num_to_keep": 2}
-    assert spec.config.seed == 7
-    assert spec.config.input_ == str(bc_workdir / "data" / "cartpole")
-
-
-def test_unknown_key_in_override_names_the_flag_and_a_close_match(bc_workdir: Path) -> None:
-    write_yaml(bc_workdir / "bc.yaml", bc_experiment())
-    with pytest.raises(ExperimentError) as caught:
-        load_experiments("bc.yaml", config_overrides={"evaluation_interva": 2})
-    message = str(caught.value)
-    assert message.startswith("--config (for bc.yaml, experiment 'cartpole-bc')")
-    assert "did you mean 'evaluation_interval'" in message
-    assert "BC keys: bc_logstd_coeff" in message
-
-
-@pytest.mark.parametrize(
-    ("change", "expected"),
-    [
-        ({"config": {"input_": "data/missing"}}, "input_ path not found: data/missing"),
-        ({"config": {"env": "Pendulum-v1"}}, "`env` given twice"),
-        ({"checkpoint_config": {"num_to_kep": 2}}, "did you mean 'num_to_keep'"),
-        ({"stop": {"training_iteration": "ten"}}, "must be a number"),
-        ({"num_sample": 2}, "unknown key(s) 'num_sample' (did you mean 'num_samples'?)"),
-        # RLlib's own validation, before any trial starts: BC needs spaces or an env to evaluate.
-        (
-            {"config": {"evaluation_interval": None, "evaluation_num_env_runners": 0}},
-            "invalid config: If no evaluation should be run",
-        ),
-    ],
-)
-def test_experiment_mistakes_are_reported_before_ray_starts(
-    bc_workdir: Path, change: dict, expected: str
+def test_no_mlflow_flag_leaves_only_the_progress_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    experiment = bc_experiment()
-    body = experiment["cartpole-bc"]
-    for key, value in change.items():
-        body[key] = body[key] | value if isinstance(body.get(key), dict) else value
-    path = write_yaml(bc_workdir / "bc.yaml", experiment)
-    with pytest.raises(ExperimentError, match=re.escape(expected)):
-        load_experiments(path)
-
-
-def test_search_spaces_are_left_to_tune(bc_workdir: Path) -> None:
-    path = write_yaml(bc_workdir / "bc.yaml", bc_experiment(lr={"grid_search": [1e-4, 1e-3]}))
-    (spec,) = load_experiments(path)
-    assert spec.config.to_dict()["lr"] == {"grid_search": [1e-4, 1e-3]}
-
-
-def test_config_keys_accept_old_spellings_but_list_only_current_settings() -> None:
-    from rllib_lamo.lamo import LaMoConfig
-
-    config = LaMoConfig()
-    listed = listed_config_keys(config)
-    assert {"lm_num_layers", "target_returns", "train_batch_size_per_learner", "input_"} <= listed
-    assert not {"num_rollout_workers", "input", "lambda"} & listed
-    assert {"input", "num_rollout_workers", "_validate_config"} <= valid_config_keys(config)
-
-
-# -------------------------------------------------------------------------- output (in-process)
-def test_progress_row_shows_dashes_until_metrics_appear() -> None:
-    titles = [column.title for column in COLUMNS]
-    early = dict(zip(titles, row_cells({"training_iteration": 1}), strict=True))
-    assert early["iter"] == "1"
-    assert {early[title] for title in titles if title != "iter"} == {MISSING}
-
-    result = {
-        "training_iteration": 40,
-        "time_this_iter_s": 12.3456,
-        "learners": {
-            "default_policy": {
-                "gradient_steps": 4000,
-                "action_loss": 0.0123456,
-                "language_loss": 3.5,
-                "total_loss": 0.362345,
-                "lr_heads": 1e-4,
-            }
-        },
-        "evaluation": {
-            "best": {"target_return": 3600.0, "normalised_score": 71.25, "return": 2300.5}
-        },
-    }
-    cells = dict(zip(titles, row_cells(result), strict=True))
-    assert cells["grad steps"] == "4000" and cells["action loss"] == "0.01235"
-    assert cells["lang loss"] == "3.5" and cells["lr"] == "0.0001"
-    assert cells["eval return"] == "2300.5" and cells["score"] == "71.25"
-    assert cells["target"] == "3600" and cells["s/iter"] == "12.35"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (spec,) = load_experiments(write_workdir(tmp_path, {"x": tiny_lamo_experiment()}))
+    command = ["train", "file", "experiments.yaml", "--register-model", "m"]
+    tracked = tune_callbacks(build_parser().parse_args(command), spec, str(tmp_path))
+    (callback,) = [c for c in tracked if isinstance(c, LaMoMLflowCallback)]
+    assert callback.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert callback.experiment_name == "x" and callback.register_model == "m"
+    untracked = tune_callbacks(build_parser().parse_args([*command, "--no-mlflow"]), spec, "r")
+    assert not any(isinstance(c, LaMoMLflowCallback) for c in untracked)
 
 
 def test_evaluation_table_shows_every_target_and_the_best() -> None:
@@ -276,7 +71,7 @@ def test_help_reads_well_from_both_entry_points(tmp_path: Path) -> None:
     top = run_rllib("--help", cwd=tmp_path)
     assert top.returncode == 0 and "train" in top.stdout and "evaluate" in top.stdout
     module = subprocess.run(
-        [sys.executable, "-m", "rllib_lamo.cli", "train", "file", "--help"],
+        [sys.executable, "-m", "rllib_lamo.experiments.cli", "train", "file", "--help"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -359,7 +154,7 @@ def test_bc_train_interrupt_and_resume(
     first = subprocess.Popen(
         [*RLLIB, "train", "file", "bc.yaml", "--checkpoint-freq", "1", *SMALL_RAY],
         cwd=bc_workdir,
-        env=_cli_env(),
+        env=rllib_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -396,35 +191,9 @@ def test_bc_train_interrupt_and_resume(
 
 def test_lamo_train_and_evaluate(tmp_path: Path) -> None:
     """A tiny LaMo run through Tune, then `rllib evaluate` on its checkpoint."""
-    from rllib_lamo.data.testing import write_toy_dataset
-
-    write_toy_dataset(
-        tmp_path / "datasets" / "hopper-toy", 12, obs_dim=11, act_dim=3, env_id="Hopper-v5"
-    )
-    write_yaml(
-        tmp_path / "lamo.yaml",
-        {
-            "hopper-lamo-tiny": {
-                "run": "LaMo",
-                "env": "Hopper-v5",
-                "stop": {"training_iteration": 2},
-                "config": {
-                    "input_": "datasets/hopper-toy",
-                    "language_model": "tiny-gpt2",
-                    "context_len": 5,
-                    "text_block_len": 32,
-                    "train_batch_size_per_learner": 8,
-                    "dataset_num_iters_per_learner": 2,
-                    "warmup_steps": 2,
-                    "target_returns": [100.0],
-                    "evaluation_interval": 2,
-                    "evaluation_num_env_runners": 1,
-                    "evaluation_duration": 1,
-                },
-            }
-        },
-    )
-    trained = run_rllib("train", "file", "lamo.yaml", *SMALL_RAY, cwd=tmp_path, timeout=600)
+    experiment = tiny_lamo_experiment(target_returns=[100.0], evaluation_interval=2)
+    write_workdir(tmp_path, {"hopper-lamo-tiny": experiment})
+    trained = run_rllib("train", "file", "experiments.yaml", *SMALL_RAY, cwd=tmp_path, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     rows = re.findall(r"^\S+_00000\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s", trained.stdout, re.M)
     assert [int(row[0]) for row in rows] == [1, 2], trained.stdout
@@ -435,22 +204,7 @@ def test_lamo_train_and_evaluate(tmp_path: Path) -> None:
     checkpoint = Path(best.group(1))
     assert checkpoint.is_dir()
 
-    evaluated = run_rllib(
-        "evaluate",
-        str(checkpoint),
-        "--episodes",
-        "1",
-        "--target-return",
-        "50",
-        "--num-env-runners",
-        "0",
-        *SMALL_RAY,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    table = evaluated.stdout[evaluated.stdout.index("target  episodes") :].splitlines()
-    assert table[1].split()[:2] == ["50", "1"]
+    table = evaluation_table_of(str(checkpoint), cwd=tmp_path)
     assert table[-1].startswith("best target: 50 (return ")
 
 

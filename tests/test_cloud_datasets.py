@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from rllib_lamo.data.shards import list_shards, read_metadata, space_from_dict
+from rllib_lamo.data.format import list_shards, read_metadata, space_from_dict
 from rllib_lamo.data.subsets import episode_index
 from rllib_lamo.lamo import LaMoConfig
 from rllib_lamo.offline_data import LaMoOfflineData

@@ -201,7 +201,7 @@ def test_kuberay_raycluster():
 
 
 def test_kuberay_rayjob_runs_the_gpu_experiment():
-    from rllib_lamo.cli import build_parser
+    from rllib_lamo.experiments.cli import build_parser
 
     manifest = load(KUBERAY / "rayjob.yaml")
     assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayJob")

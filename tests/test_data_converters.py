@@ -11,8 +11,9 @@ import pytest
 
 from rllib_lamo.data.cli import main
 from rllib_lamo.data.converters import convert_d4rl, convert_minari, iter_d4rl_episodes
+from rllib_lamo.data.format import DatasetError, iter_episodes, read_metadata
 from rllib_lamo.data.rllib_output import convert_rllib
-from rllib_lamo.data.shards import DatasetError, iter_episodes, read_metadata, validate_dataset
+from rllib_lamo.data.validation import validate_dataset
 
 
 def _random_rollouts(env_id: str, episodes: int, seed: int, max_steps: int = 40) -> list[dict]:

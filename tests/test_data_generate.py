@@ -11,7 +11,8 @@ import pytest
 
 from rllib_lamo.data import generate as generation
 from rllib_lamo.data.cli import main
-from rllib_lamo.data.shards import iter_episodes, list_shards, validate_dataset
+from rllib_lamo.data.format import iter_episodes, list_shards
+from rllib_lamo.data.validation import validate_dataset
 
 SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "hopper-medium-v5"
 

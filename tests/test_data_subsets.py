@@ -7,7 +7,7 @@ import random
 import pytest
 
 from rllib_lamo.data.cli import main
-from rllib_lamo.data.shards import iter_episodes, read_metadata, validate_dataset
+from rllib_lamo.data.format import iter_episodes, read_metadata
 from rllib_lamo.data.subsets import (
     episode_index,
     subset_episode_ids,
@@ -15,6 +15,7 @@ from rllib_lamo.data.subsets import (
     subset_size,
 )
 from rllib_lamo.data.testing import write_toy_dataset
+from rllib_lamo.data.validation import validate_dataset
 
 IDS = [f"ep-{i:04d}" for i in range(400)]
 LENGTHS = [10 + i % 7 for i in range(400)]

@@ -25,7 +25,8 @@ from rllib_lamo.connectors.decision_context import (
     decision_context_of,
     set_target_return,
 )
-from rllib_lamo.data.shards import Episode, write_dataset
+from rllib_lamo.data.format import Episode
+from rllib_lamo.data.writer import write_dataset
 from rllib_lamo.evaluation import (
     TargetRollouts,
     evaluate_checkpoint,

@@ -6,7 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rllib_lamo.data.shards import Episode, write_dataset
+from rllib_lamo.data.format import Episode
+from rllib_lamo.data.writer import write_dataset
 from rllib_lamo.lamo import LaMoConfig
 from rllib_lamo.offline_data import LaMoOfflineData
 
@@ -49,7 +50,7 @@ def make_offline_data(path: str, **training) -> LaMoOfflineData:
 
 def test_statistics_cover_every_step(ray_cluster, episode_dataset):
     data = make_offline_data(episode_dataset)
-    from rllib_lamo.data.shards import read_metadata
+    from rllib_lamo.data.format import read_metadata
 
     metadata = read_metadata(episode_dataset)
     assert data.summary.num_episodes == metadata["num_episodes"] == 40

@@ -1,4 +1,4 @@
-"""`lamo-report`: the method rule, the table's arithmetic, and a report built from real runs.
+"""`lamo-report`: the table's arithmetic, and a report built from real runs.
 
 The arithmetic test logs runs with known evaluation histories straight into a real SQLite
 store; the end-to-end test trains LaMo and DT (2 seeds each, tiny GPT-2, 1 iteration) through
@@ -15,33 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_rllib, tiny_lamo_experiment, write_workdir
 
-# pytest puts tests/ on sys.path: the experiment helpers are shared with the tracking tests.
-from test_tracking import run_rllib, tiny_lamo_experiment, write_workdir
-
-from rllib_lamo.report import main, method_of
+from rllib_lamo.experiments.report import main
 
 SHARED_EXPERIMENT = "lamo-vs-dt"
-
-
-@pytest.mark.parametrize(
-    ("params", "algorithm", "expected"),
-    [
-        ({}, "LaMo", "LaMo"),
-        ({"lm_pretrained": "False", "finetune": "full"}, "LaMo", "DT"),
-        ({"finetune": "full"}, None, "LaMo (full fine-tuning)"),
-        (
-            {"finetune": "frozen", "embedding": "linear"},
-            "LaMo",
-            "LaMo (frozen LM, linear embeddings)",
-        ),
-        ({"language_loss_coeff": "0.0"}, "LaMo", "LaMo (no language loss)"),
-        ({"language_loss_coeff": "0.1", "embedding": "mlp"}, "LaMo", "LaMo"),
-        ({"lm_pretrained": "False"}, "BC", "BC"),
-    ],
-)
-def test_method_rule(params: dict, algorithm: str | None, expected: str) -> None:
-    assert method_of(params, algorithm) == expected
 
 
 def _log_run(client, experiment_id: str, params: dict, evaluations: dict[str, list[float]]) -> None:
@@ -146,7 +124,7 @@ def test_report_from_real_runs_in_the_default_store(tmp_path: Path) -> None:
     assert database.is_file()
 
     reporter = shutil.which("lamo-report")
-    command = [reporter] if reporter else [sys.executable, "-m", "rllib_lamo.report"]
+    command = [reporter] if reporter else [sys.executable, "-m", "rllib_lamo.experiments.report"]
     completed = subprocess.run(
         [
             *command,

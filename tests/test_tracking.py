@@ -8,8 +8,8 @@ read back what the run holds, load the logged policy, and evaluate it from its `
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,68 +21,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-
-from rllib_lamo.experiment import ExperimentError, load_experiments
-from rllib_lamo.tracking import (
-    MODEL_NAME,
-    MLflowSettings,
-    iteration_metrics,
-    local_checkpoint,
-    resolve_tracking_uri,
+from conftest import (
+    RLLIB,
+    SMALL_RAY,
+    evaluation_table_of,
+    rllib_env,
+    run_rllib,
+    tiny_lamo_experiment,
+    write_workdir,
 )
 
-CONSOLE_SCRIPT = Path(sys.executable).with_name("rllib")
-RLLIB = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [shutil.which("rllib") or "rllib"]
+from rllib_lamo.experiments.experiment_file import ExperimentError
+from rllib_lamo.experiments.policy_model import MODEL_NAME, local_checkpoint
+from rllib_lamo.experiments.tracking import dataset_params, iteration_metrics
+
 MLFLOW = [str(Path(sys.executable).with_name("mlflow"))]
-SMALL_RAY = ["--ray-num-cpus", "4", "--ray-object-store-mb", "300"]
 EXPERIMENT = "hopper-lamo-tracked"
 REGISTERED_MODEL = "lamo-tiny-hopper"
-
-
-def tiny_lamo_experiment(**config: object) -> dict:
-    """A LaMo run of seconds per iteration on a toy Hopper-shaped dataset."""
-    return {
-        "run": "LaMo",
-        "env": "Hopper-v5",
-        "stop": {"training_iteration": 2},
-        "config": {
-            "input_": "datasets/hopper-toy",
-            "language_model": "tiny-gpt2",
-            "context_len": 5,
-            "text_block_len": 32,
-            "train_batch_size_per_learner": 8,
-            "dataset_num_iters_per_learner": 2,
-            "warmup_steps": 2,
-            "target_returns": [100.0, 50.0],
-            "evaluation_interval": 1,
-            "evaluation_num_env_runners": 1,
-            "evaluation_duration": 1,
-            **config,
-        },
-    }
-
-
-def write_workdir(folder: Path, experiments: dict) -> Path:
-    from rllib_lamo.data.testing import write_toy_dataset
-
-    write_toy_dataset(
-        folder / "datasets" / "hopper-toy", 12, obs_dim=11, act_dim=3, env_id="Hopper-v5"
-    )
-    path = folder / "experiments.yaml"
-    path.write_text(yaml.safe_dump(experiments, sort_keys=False))
-    return path
-
-
-def run_rllib(
-    *args: str, cwd: Path, timeout: float = 600, **env: str
-) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    environment.update(env)
-    return subprocess.run(
-        [*RLLIB, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def _free_port() -> int:
@@ -178,49 +133,25 @@ def tracked_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 # ------------------------------------------------------------------------- fast, no Ray
-def test_mlflow_block_is_read_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    document = {"x": tiny_lamo_experiment()}
-    document["x"]["mlflow"] = {"experiment_name": "paper", "tags": {"seed_group": 1}}
-    path = write_workdir(tmp_path, document)
-    (spec,) = load_experiments(path)
-    assert spec.mlflow == MLflowSettings(experiment_name="paper", tags={"seed_group": "1"})
+def test_dataset_hash_is_read_from_metadata_not_recomputed(tmp_path: Path) -> None:
+    from rllib_lamo.data.format import CONTENT_HASH_KEY, content_hash
+    from rllib_lamo.data.testing import write_toy_dataset
 
-    document["x"]["mlflow"] = {"tracking_url": "sqlite:///x.db"}
-    path.write_text(yaml.safe_dump(document))
-    with pytest.raises(ExperimentError, match="unknown mlflow key 'tracking_url'; valid: "):
-        load_experiments(path)
-
-
-def test_no_mlflow_flag_leaves_only_the_progress_table(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from rllib_lamo.cli import build_parser, tune_callbacks
-    from rllib_lamo.tracking import LaMoMLflowCallback
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (spec,) = load_experiments(write_workdir(tmp_path, {"x": tiny_lamo_experiment()}))
-    command = ["train", "file", "experiments.yaml", "--register-model", "m"]
-    tracked = tune_callbacks(build_parser().parse_args(command), spec, str(tmp_path))
-    (callback,) = [c for c in tracked if isinstance(c, LaMoMLflowCallback)]
-    assert callback.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert callback.experiment_name == "x" and callback.register_model == "m"
-    untracked = tune_callbacks(build_parser().parse_args([*command, "--no-mlflow"]), spec, "r")
-    assert not any(isinstance(c, LaMoMLflowCallback) for c in untracked)
-
-
-def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from_yaml = MLflowSettings(tracking_uri="http://yaml:5000")
-    assert resolve_tracking_uri("http://flag:5000", from_yaml, str(tmp_path)) == "http://flag:5000"
-    assert resolve_tracking_uri(None, from_yaml, str(tmp_path)) == "http://yaml:5000"
-    assert resolve_tracking_uri(None, MLflowSettings(), str(tmp_path)) == (
-        f"sqlite:///{tmp_path / 'mlflow.db'}"
-    )
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
-    assert resolve_tracking_uri(None, MLflowSettings(), str(tmp_path)) == "http://env:5000"
-    assert resolve_tracking_uri(None, from_yaml, str(tmp_path)) == "http://yaml:5000"
+    folder = tmp_path / "toy"
+    written = write_toy_dataset(folder, 6)
+    assert dataset_params(str(folder)) == {
+        "dataset_id": "toy",
+        "dataset_hash": written[CONTENT_HASH_KEY],
+    }
+    # A dataset written before the key existed is hashed once, by the same definition.
+    metadata_file = folder / "metadata.json"
+    old_style = {k: v for k, v in written.items() if k != CONTENT_HASH_KEY}
+    metadata_file.write_text(json.dumps(old_style))
+    assert dataset_params(str(folder))["dataset_hash"] == written[CONTENT_HASH_KEY]
+    # With the key present, the stored value is what is logged: no shard is read.
+    metadata_file.write_text(json.dumps({**old_style, CONTENT_HASH_KEY: "f" * 64}))
+    assert dataset_params(str(folder))["dataset_hash"] == "f" * 64 == content_hash(str(folder))
+    assert dataset_params(str(tmp_path / "missing")) == {}
 
 
 def test_evaluation_metrics_are_logged_only_when_evaluation_ran() -> None:
@@ -304,7 +235,7 @@ def test_logged_policy_loads_and_acts(tracked_run: dict) -> None:
     import gymnasium as gym
     import mlflow.pyfunc
 
-    from rllib_lamo.tracking import rollout_episode
+    from rllib_lamo.experiments.videos import rollout_episode
 
     mlflow.set_tracking_uri(tracked_run["uri"])
     model = mlflow.pyfunc.load_model(f"runs:/{tracked_run['run'].info.run_id}/{MODEL_NAME}")
@@ -331,23 +262,7 @@ def test_logged_policy_loads_and_acts(tracked_run: dict) -> None:
 def test_rllib_evaluate_runs_uri(tracked_run: dict) -> None:
     """`rllib evaluate runs:/<id>/policy` downloads the model's checkpoint and rolls it out."""
     uri = f"runs:/{tracked_run['run'].info.run_id}/{MODEL_NAME}"
-    evaluated = run_rllib(
-        "evaluate",
-        uri,
-        "--episodes",
-        "1",
-        "--target-return",
-        "50",
-        "--num-env-runners",
-        "0",
-        *SMALL_RAY,
-        cwd=tracked_run["workdir"],
-        timeout=300,
-        MLFLOW_TRACKING_URI=tracked_run["uri"],
-    )
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    table = evaluated.stdout[evaluated.stdout.index("target  episodes") :].splitlines()
-    assert table[1].split()[:2] == ["50", "1"]
+    evaluation_table_of(uri, cwd=tracked_run["workdir"], MLFLOW_TRACKING_URI=tracked_run["uri"])
 
 
 def test_local_checkpoint_of_a_registered_model(tracked_run: dict) -> None:
@@ -365,7 +280,8 @@ def test_videos_are_skipped_with_a_note_where_mujoco_cannot_render(tracked_run: 
     run_id = tracked_run["client"].create_run(tracked_run["run"].info.experiment_id).info.run_id
     script = (
         "import mlflow\n"
-        "from rllib_lamo.tracking import LaMoMLflowCallback, local_checkpoint\n"
+        "from rllib_lamo.experiments.policy_model import local_checkpoint\n"
+        "from rllib_lamo.experiments.tracking import LaMoMLflowCallback\n"
         f"mlflow.set_tracking_uri({tracked_run['uri']!r})\n"
         f"checkpoint = local_checkpoint('runs:/{tracked_run['run'].info.run_id}/{MODEL_NAME}')\n"
         f"callback = LaMoMLflowCallback(tracking_uri={tracked_run['uri']!r}, "
@@ -398,8 +314,7 @@ def test_resume_continues_the_same_mlflow_run(tmp_path: Path) -> None:
     experiment["stop"] = {"training_iteration": 3}
     experiment["mlflow"] = {"video_every": 0}
     write_workdir(tmp_path, {EXPERIMENT: experiment})
-    environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    environment.pop("MLFLOW_TRACKING_URI", None)
+    environment = rllib_env()
     command = [*RLLIB, "train", "file", "experiments.yaml", "--checkpoint-freq", "1", *SMALL_RAY]
     first = subprocess.Popen(
         command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -83,14 +83,15 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from rllib_lamo.data.shards import validate_dataset
+    from rllib_lamo.data.validation import validate_dataset
 
     meta = validate_dataset(args.path)
     print(f"{args.path}: valid ({meta['num_episodes']} episodes, {meta['num_steps']} steps)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rllib_lamo.data.generate import DEFAULT_CACHE_DIR, DEFAULT_NUM_STEPS, KINDS, TASKS
+    from rllib_lamo.data.generate import DEFAULT_CACHE_DIR, TASKS
+    from rllib_lamo.data.names import DEFAULT_NUM_STEPS, KINDS
     from rllib_lamo.data.rllib_output import ACTION_MODES
 
     parser = argparse.ArgumentParser(prog="lamo-data", description=__doc__.splitlines()[0])

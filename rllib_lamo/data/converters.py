@@ -16,8 +16,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from rllib_lamo.data.format import DatasetError, env_spaces
 from rllib_lamo.data.rllib_output import convert_rllib
-from rllib_lamo.data.shards import DatasetError, EpisodeDatasetWriter, env_spaces
+from rllib_lamo.data.writer import EpisodeDatasetWriter
 
 # D4RL's MuJoCo (and Adroit, Kitchen) actions live in [-1, 1]; used when no env id is given.
 D4RL_ACTION_BOUND = 1.0

@@ -29,12 +29,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rllib_lamo.data.shards import EpisodeDatasetWriter, copy_episodes
+from rllib_lamo.data.names import DEFAULT_NUM_STEPS, KINDS, TASK_ENVS, dataset_name
+from rllib_lamo.data.writer import EpisodeDatasetWriter, copy_episodes
 from rllib_lamo.scores import reference_scores
+from rllib_lamo.storage import cache_dir as default_cache_dir
 
-KINDS = ("medium", "medium-replay", "expert", "medium-expert")
-DEFAULT_NUM_STEPS = 1_000_000
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rllib_lamo"
+DEFAULT_CACHE_DIR = default_cache_dir()
 
 # Mean return of uniform random actions: measure_random_return(env_id), 100 episodes from reset
 # seed 123, measured on this project's machine (gymnasium 1.2.2, mujoco 4.0.0).
@@ -75,13 +75,13 @@ TASKS: dict[str, TaskRecipe] = {
     # expert (measured on Hopper: stochastic 1800 vs deterministic 3160 for the same policy), so
     # PPO experts are recorded (and chosen) deterministically.
     "hopper": TaskRecipe(
-        env_id="Hopper-v5",
+        env_id=TASK_ENVS["hopper"],
         algorithm="PPO",
         hyperparameters={"policy_kwargs": {"log_std_init": -1.0}},
         deterministic_levels=("expert",),
     ),
     "walker2d": TaskRecipe(
-        env_id="Walker2d-v5",
+        env_id=TASK_ENVS["walker2d"],
         algorithm="PPO",
         hyperparameters={"policy_kwargs": {"log_std_init": -1.0}},
         expert_train_steps=2_000_000,
@@ -90,7 +90,7 @@ TASKS: dict[str, TaskRecipe] = {
     # PPO plateaus far below 1/3 of expert on HalfCheetah (a known SB3 benchmark result); SAC,
     # D4RL's own agent, gets there, at ~10x PPO's cost per step on CPU.
     "halfcheetah": TaskRecipe(
-        env_id="HalfCheetah-v5",
+        env_id=TASK_ENVS["halfcheetah"],
         algorithm="SAC",
         hyperparameters={},
         medium_max_steps=400_000,
@@ -98,11 +98,6 @@ TASKS: dict[str, TaskRecipe] = {
         eval_every=10_000,
     ),
 }
-
-
-def default_dataset_name(task: str, kind: str) -> str:
-    """``hopper-medium-v5``: D4RL's naming with the gymnasium env version."""
-    return f"{task}-{kind}-v{TASKS[task].env_id.rsplit('-v', 1)[1]}"
 
 
 # --------------------------------------------------------------------------------- progress
@@ -585,7 +580,7 @@ def generate(
         raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
     recipe = TASKS[task]
     cache_dir = Path(cache_dir)
-    out_path = Path(out) if out is not None else Path(default_dataset_name(task, kind))
+    out_path = Path(out) if out is not None else Path(dataset_name(task, kind))
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} already exists (pass --overwrite to replace it)")
     started = time.perf_counter()

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
-from rllib_lamo.data.shards import (
+from rllib_lamo.data.format import (
     METADATA_FILE,
     iter_shard_tables,
     list_shards,

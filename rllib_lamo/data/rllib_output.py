@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rllib_lamo.data.shards import DatasetError, EpisodeDatasetWriter, env_spaces
+from rllib_lamo.data.format import DatasetError, env_spaces
+from rllib_lamo.data.writer import EpisodeDatasetWriter
 
 _MSGPACK_NUMPY_KEY = b"nd"
 _COLUMN_FORMAT_COLUMNS = (

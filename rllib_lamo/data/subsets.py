@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
-from rllib_lamo.data.shards import DatasetError, copy_episodes, iter_shard_tables, read_metadata
+from rllib_lamo.data.format import DatasetError, iter_shard_tables, read_metadata
+from rllib_lamo.data.writer import copy_episodes
 
 
 def subset_size(num_episodes: int, ratio: float) -> int:
@@ -62,11 +62,6 @@ def subset_ids_for_dataset(path: str | os.PathLike, ratio: float, seed: int) -> 
     """The subset ids of a dataset folder (what training uses to filter rows)."""
     ids, lengths = episode_index(path)
     return subset_episode_ids(ids, lengths, ratio, seed)
-
-
-def episode_filter_expression(eps_ids: Sequence[str]) -> pc.Expression:
-    """A pyarrow filter keeping only ``eps_ids`` (e.g. ``ray.data.read_parquet(filter=...)``)."""
-    return pc.field("eps_id").isin(list(eps_ids))
 
 
 def write_subset(

@@ -11,7 +11,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rllib_lamo.data.shards import Episode, write_dataset
+from rllib_lamo.data.format import Episode
+from rllib_lamo.data.writer import write_dataset
 
 
 def toy_episodes(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import torch
@@ -13,7 +13,6 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.torch_utils import clip_gradients, compute_global_norm
 from ray.rllib.utils.typing import ModuleID, ParamDict, TensorType
 
-from rllib_lamo.lamo import LaMoConfig
 from rllib_lamo.lamo_learner import (
     ACTION_LOSS_KEY,
     GRADIENT_STEPS_KEY,
@@ -25,6 +24,10 @@ from rllib_lamo.lamo_learner import (
     LaMoLearner,
 )
 from rllib_lamo.windows import ATTENTION_MASK
+
+if TYPE_CHECKING:
+    # Type only: `LaMoConfig` imports this learner (its default learner class).
+    from rllib_lamo.lamo import LaMoConfig
 
 
 class LaMoTorchLearner(LaMoLearner, TorchLearner):

@@ -1,0 +1,56 @@
+"""Names of the datasets `lamo-data generate` makes: one grammar for generating them, for the
+hint when one is missing and for experiment files that name one that does not exist yet.
+
+``<task>-<kind>-v5`` (the generator's default size) or ``<task>-<kind>-v5-<N>k|m`` (N thousand
+or million steps), e.g. ``hopper-medium-v5``, ``walker2d-medium-replay-v5-200k``: D4RL's names
+with the gymnasium env version.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# The tasks we generate data for and their gymnasium envs.
+TASK_ENVS: dict[str, str] = {
+    "hopper": "Hopper-v5",
+    "walker2d": "Walker2d-v5",
+    "halfcheetah": "HalfCheetah-v5",
+}
+KINDS = ("medium", "medium-replay", "expert", "medium-expert")
+DEFAULT_NUM_STEPS = 1_000_000
+_STEP_UNITS = {"k": 1_000, "m": 1_000_000}
+_NAME = re.compile(
+    rf"^(?P<task>{'|'.join(TASK_ENVS)})-(?P<kind>{'|'.join(sorted(KINDS, key=len, reverse=True))})"
+    r"-v(?P<version>\d+)(?:-(?P<count>\d+)(?P<unit>[km]))?$"
+)
+
+
+@dataclass(frozen=True)
+class GeneratedDatasetName:
+    """A dataset `lamo-data generate` can make; ``num_steps`` None is the default size."""
+
+    task: str
+    kind: str
+    num_steps: int | None = None
+
+    def command(self, out: str) -> str:
+        """The `lamo-data` command that makes this dataset at ``out``."""
+        steps = f" --steps {self.num_steps}" if self.num_steps else ""
+        return f"lamo-data generate {self.task} --kind {self.kind}{steps} --out {out}"
+
+
+def dataset_name(task: str, kind: str) -> str:
+    """``hopper-medium-v5``: the default folder name of a generated dataset."""
+    return f"{task}-{kind}-v{TASK_ENVS[task].rsplit('-v', 1)[1]}"
+
+
+def parse_dataset_name(folder_name: str) -> GeneratedDatasetName | None:
+    """What `lamo-data generate` makes under this folder name, or None if it makes no such set."""
+    match = _NAME.match(folder_name)
+    if match is None or dataset_name(match["task"], match["kind"]) != (
+        f"{match['task']}-{match['kind']}-v{match['version']}"
+    ):
+        return None
+    steps = int(match["count"]) * _STEP_UNITS[match["unit"]] if match["count"] else None
+    return GeneratedDatasetName(match["task"], match["kind"], steps)

@@ -1,0 +1,121 @@
+"""A compact per-iteration progress table for `rllib train`, as a Tune callback.
+
+RLlib results are nested dicts of hundreds of entries; Tune's own tables show a few generic
+ones. This prints one row per training iteration with what a Decision-Transformer run is
+judged by: gradient steps, action and language loss, learning rate, and the evaluation's best
+target (return, normalised score), each read from the first of a few candidate keys so that
+any RLlib algorithm gets a useful table and columns show "-" until their metric appears.
+
+It is a `ray.tune.Callback` rather than a legacy `ProgressReporter`, which Tune's default
+output engine ignores. It is pickled with the run's config and prints again on `--resume`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from rllib_lamo import metrics as m
+from rllib_lamo.experiments.results import first_present, flatten, format_number
+
+HEADER_EVERY_ROWS = 25
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: a title and the flattened result keys to try, in order."""
+
+    title: str
+    keys: tuple[str, ...]
+    width: int
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("iter", (m.TRAINING_ITERATION,), 5),
+    Column(
+        "grad steps",
+        (
+            m.learner_metric(m.GRADIENT_STEPS_KEY),
+            m.learner_metric(m.DATASET_ITERS_TRAINED_KEY, m.ALL_MODULES),
+        ),
+        10,
+    ),
+    Column("action loss", (m.learner_metric(m.ACTION_LOSS_KEY),), 11),
+    Column("lang loss", (m.learner_metric(m.LANGUAGE_LOSS_KEY),), 9),
+    Column("total loss", (m.learner_metric(m.TOTAL_LOSS_KEY),), 10),
+    Column(
+        "lr",
+        (m.learner_metric(m.LR_HEADS_KEY), m.learner_metric(m.DEFAULT_OPTIMIZER_LR_KEY)),
+        9,
+    ),
+    Column("eval return", (m.evaluation_metric(m.BEST, m.RETURN), m.RLLIB_EVALUATION_RETURN), 11),
+    Column("score", (m.evaluation_metric(m.BEST, m.NORMALISED_SCORE),), 7),
+    Column("target", (m.evaluation_metric(m.BEST, m.TARGET_RETURN),), 7),
+    Column("s/iter", (m.TIME_THIS_ITER_S,), 7),
+    Column("total s", (m.TIME_TOTAL_S,), 8),
+)
+
+
+def row_cells(result: Mapping[str, Any]) -> list[str]:
+    """One table row's cells (without the trial column) for a Tune result."""
+    flat = flatten(result)
+    return [format_number(first_present(flat, column.keys)) for column in COLUMNS]
+
+
+def format_row(cells: Sequence[str], widths: Sequence[int], trial_width: int) -> str:
+    trial, *values = cells
+    return "  ".join(
+        [trial.ljust(trial_width), *(v.rjust(w) for v, w in zip(values, widths, strict=True))]
+    )
+
+
+class ProgressTable(Callback):
+    """Prints a row per result, trial starts/ends/errors, and checkpoints when verbose."""
+
+    def __init__(self, *, show_checkpoints: bool = False):
+        self.show_checkpoints = show_checkpoints
+        self._rows_since_header = HEADER_EVERY_ROWS
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        self._say(f"trial {trial.trial_id} started: {trial}")
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ):
+        if self._rows_since_header >= HEADER_EVERY_ROWS:
+            titles = [column.title for column in COLUMNS]
+            self._say(format_row(["trial", *titles], self._widths(), self._trial_width(trial)))
+            self._rows_since_header = 0
+        cells = [trial.trial_id, *row_cells(result)]
+        self._say(format_row(cells, self._widths(), self._trial_width(trial)))
+        self._rows_since_header += 1
+
+    def on_checkpoint(
+        self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Any, **info: Any
+    ):
+        if self.show_checkpoints:
+            self._say(f"trial {trial.trial_id} checkpoint: {checkpoint.path}")
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        iterations = (trial.last_result or {}).get("training_iteration", 0)
+        self._say(f"trial {trial.trial_id} finished after {iterations} iteration(s)")
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        self._say(f"trial {trial.trial_id} failed; traceback in {trial.path}/error.txt")
+
+    @staticmethod
+    def _widths() -> list[int]:
+        return [max(column.width, len(column.title)) for column in COLUMNS]
+
+    @staticmethod
+    def _trial_width(trial: Trial) -> int:
+        return max(len("trial"), len(trial.trial_id))
+
+    @staticmethod
+    def _say(text: str) -> None:
+        print(text, file=sys.stdout, flush=True)
