@@ -95,6 +95,9 @@ class LaMoConfig(AlgorithmConfig):
         self.target_returns: list[float] = [3600.0, 1800.0]
         self.custom_evaluation_function = evaluate_target_returns
         self.evaluation_duration = 20  # episodes per target return, as in the paper
+        # Evaluation episodes (all targets mixed) run side by side on each evaluation runner's
+        # sub-envs, with one model call per env step for all of them.
+        self.num_envs_per_env_runner = 20
         # Evaluation contexts need K steps of history, also when RLlib cuts long episodes.
         self.episode_lookback_horizon = self.context_len
         # The policy is trained on the dataset's raw actions: no rescaling, only clipping.
