@@ -128,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
 
     ray.init(
-        num_cpus=args.runners + 1,
+        num_cpus=2 * args.runners + 1,  # two groups of runners are alive at once
         object_store_memory=300 * 1024**2,
         include_dashboard=False,
         log_to_driver=False,
