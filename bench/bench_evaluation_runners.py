@@ -1,40 +1,51 @@
-"""Evaluation throughput: the same episodes on 1 vs N evaluation env runners, in one run.
+"""Evaluation rounds: RLlib's one-env sampling loop vs LaMo's batched evaluation, paired.
 
-    python bench/bench_evaluation_runners.py [--episodes 32] [--runners 1 4]
-        [--envs-per-runner 1] [--language-model tiny-gpt2] [--lm-num-layers N]
+    python bench/bench_evaluation_runners.py [--episodes 10] [--targets 3600 1800]
+        [--runners 2] [--envs-per-runner 10] [--repeats 2]
+        [--language-model smollm2-135m] [--lm-num-layers 2] [--context-len 20]
 
-Each setup is what `LaMo` builds for `evaluation_num_env_runners` x `num_envs_per_env_runner`:
-remote env runners on real Hopper-v5 with LaMo's decision-context connector and the LaMo module
-(one set of random weights, loaded into every runner). Each setup runs `--episodes` episodes
-per target return through `run_target_returns` (LaMo's evaluation) after a warm-up round, and
-the script prints episodes/s, env steps/s and the speed-up over the first setup. Episode lengths
-depend on the env seeds, which differ per runner, so env steps/s is the fairer figure. No
-absolute claims: the machine's load is printed with the results.
+Three ways to run the same evaluation round (every target x `--episodes` episodes of
+Hopper-v5, the same LaMo weights, the same per-episode seeds) on `--runners` remote
+evaluation env runners:
+
+- ``rllib-sample``: how evaluation ran before batching: one env per runner, one episode at a
+  time through `EnvRunner.sample()` and the `DecisionContext` connector, which rebuilds the
+  K-step context from the episode at every step (each episode reset with its task's seed);
+- ``sequential``: LaMo's evaluation with ``num_envs_per_env_runner=1``;
+- ``batched``: LaMo's evaluation with ``num_envs_per_env_runner=--envs-per-runner``.
+
+Rounds are interleaved (A, B, C, A, B, C, ...) and the script prints the median of the paired
+time ratios, env steps/s, whether the scores are identical, the machine's load, and the
+paper protocol's round time extrapolated from the measured steps/s (4 targets x 20 episodes
+x 1000 steps on 2 runners).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
+import statistics
 import time
+from collections.abc import Callable
 
 import gymnasium as gym
+import numpy as np
 import ray
 import torch
 from ray.rllib.env.env_runner_group import EnvRunnerGroup
 
-from rllib_lamo.evaluation import run_target_returns
+from rllib_lamo.connectors.decision_context import decision_context_of
+from rllib_lamo.evaluation import EpisodeTask, episode_seed, run_target_returns, target_key
 from rllib_lamo.lamo import LaMoConfig
 
 ENV_ID = "Hopper-v5"
+SEED = 0
+PAPER_ROUND_STEPS = 4 * 20 * 1000  # targets x episodes x steps (the paper's protocol)
+PAPER_RUNNERS = 2
 
 
-def evaluation_group(
-    args: argparse.Namespace, num_runners: int, num_envs: int, state: dict
-) -> EnvRunnerGroup:
-    """Evaluation env runners as LaMo builds them, all holding the policy `state`."""
-    config = (
+def lamo_config(args: argparse.Namespace) -> LaMoConfig:
+    return (
         LaMoConfig()
         .environment(ENV_ID)
         .training(
@@ -43,100 +54,148 @@ def evaluation_group(
             context_len=args.context_len,
             target_returns=args.targets,
         )
+        .debugging(seed=SEED)
+    )
+
+
+def policy_state(args: argparse.Namespace) -> dict:
+    """One random LaMo policy for every setup, so that they all run the same network."""
+    spec = lamo_config(args).get_rl_module_spec(env=gym.make(ENV_ID), inference_only=True)
+    torch.manual_seed(0)
+    return spec.build().get_state()
+
+
+def evaluation_group(args: argparse.Namespace, num_envs: int, state: dict) -> EnvRunnerGroup:
+    """Evaluation env runners as LaMo builds them, all holding the policy `state`."""
+    config = (
+        lamo_config(args)
         .env_runners(num_envs_per_env_runner=num_envs)
-        .evaluation(evaluation_num_env_runners=num_runners)
-        .debugging(seed=0)
+        .evaluation(evaluation_num_env_runners=args.runners)
     )
     group = EnvRunnerGroup(config=config.get_evaluation_config_object(), local_env_runner=False)
     group.foreach_env_runner(lambda runner: runner.module.set_state(state), local_env_runner=False)
     return group
 
 
-def policy_state(args: argparse.Namespace) -> dict:
-    """One random LaMo policy for every setup, so that they all run the same network."""
-    config = (
-        LaMoConfig()
-        .environment(ENV_ID)
-        .training(
-            language_model=args.language_model,
-            lm_num_layers=args.lm_num_layers,
-            context_len=args.context_len,
-        )
-        .debugging(seed=0)
+def rllib_sample_round(group: EnvRunnerGroup, args: argparse.Namespace) -> tuple[dict, int]:
+    """The round through `EnvRunner.sample()`: one env, one episode at a time per runner."""
+    tasks = [
+        EpisodeTask(float(target), index, episode_seed(SEED, index))
+        for index in range(args.episodes)
+        for target in args.targets
+    ]
+    runner_ids = group.healthy_env_runner_ids()
+    shares = {rid: tasks[rank :: len(runner_ids)] for rank, rid in enumerate(runner_ids)}
+
+    def run_share(runner) -> list[tuple[EpisodeTask, float, int]]:
+        results = []
+        for task in shares[runner.worker_index]:
+            decision_context_of(runner).target_return = task.target_return
+            runner._seed, runner._needs_initial_reset = task.seed, True  # this task's seed
+            (episode,) = runner.sample(num_episodes=1, explore=False, force_reset=True)
+            results.append((task, episode.get_return(), len(episode)))
+        return results
+
+    finished = [
+        result
+        for share in group.foreach_env_runner(run_share, local_env_runner=False)
+        for result in share
+    ]
+    returns = {}
+    for task, episode_return, _ in sorted(finished, key=lambda r: (r[0].index, r[0].target_return)):
+        returns.setdefault(target_key(task.target_return), []).append(episode_return)
+    return returns, sum(length for _, _, length in finished)
+
+
+def lamo_round(group: EnvRunnerGroup, args: argparse.Namespace) -> tuple[dict, int]:
+    """The round through LaMo's evaluation (`run_target_returns`)."""
+    metrics, env_steps, _ = run_target_returns(
+        group, target_returns=args.targets, num_episodes=args.episodes, env_id=ENV_ID, seed=SEED
     )
-    spec = config.get_rl_module_spec(env=gym.make(ENV_ID), inference_only=True)
-    torch.manual_seed(0)  # the same random policy (and episode lengths) in every run
-    return spec.build().get_state()
-
-
-def measure(
-    args: argparse.Namespace, num_runners: int, num_envs: int, state: dict
-) -> tuple[float, int, float]:
-    """(seconds, env steps, mean episode length) of `--episodes` episodes per target."""
-    group = evaluation_group(args, num_runners, num_envs, state)
-    try:
-        # Warm-up: the first episodes pay for connector and module first calls.
-        run_target_returns(
-            group,
-            target_returns=args.targets[:1],
-            num_episodes=num_runners * num_envs,
-            env_id=ENV_ID,
-        )
-        started = time.perf_counter()
-        metrics, env_steps, _ = run_target_returns(
-            group, target_returns=args.targets, num_episodes=args.episodes, env_id=ENV_ID
-        )
-        elapsed = time.perf_counter() - started
-    finally:
-        group.stop()
-    lengths = [metrics[key]["episode_len_mean"] for key in metrics if key.startswith("target_")]
-    return elapsed, env_steps, sum(lengths) / len(lengths)
+    return {target_key(t): metrics[target_key(t)]["return_mean"] for t in args.targets}, env_steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=32, help="per target return")
-    parser.add_argument("--runners", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--envs-per-runner", type=int, nargs="+", default=[1])
+    parser.add_argument("--episodes", type=int, default=10, help="per target return")
     parser.add_argument("--targets", type=float, nargs="+", default=[3600.0, 1800.0])
-    parser.add_argument("--language-model", default="tiny-gpt2")
-    parser.add_argument("--lm-num-layers", type=int, default=None)
+    parser.add_argument("--runners", type=int, default=2)
+    parser.add_argument("--envs-per-runner", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--language-model", default="smollm2-135m")
+    parser.add_argument("--lm-num-layers", type=int, default=2)
     parser.add_argument("--context-len", type=int, default=20)
     args = parser.parse_args()
 
-    # One logical CPU per runner whatever the core count: the point is how far runners scale
-    # on this machine, and an oversubscribed one shows it in the ratio.
     ray.init(
-        num_cpus=max(args.runners) + 1,
+        num_cpus=2 * args.runners + 1,  # two groups of runners are alive at once
         object_store_memory=300 * 1024**2,
         include_dashboard=False,
         log_to_driver=False,
     )
     try:
         state = policy_state(args)
+        one_env = evaluation_group(args, 1, state)
+        many_envs = evaluation_group(args, args.envs_per_runner, state)
+        setups: dict[str, tuple[Callable, EnvRunnerGroup]] = {
+            "rllib-sample": (rllib_sample_round, one_env),
+            "sequential": (lamo_round, one_env),
+            "batched": (lamo_round, many_envs),
+        }
         print(
-            f"{args.episodes} episodes x {len(args.targets)} targets, {args.language_model}"
-            f" (layers: {args.lm_num_layers or 'all'}), K={args.context_len}, "
+            f"{len(args.targets)} targets x {args.episodes} episodes of {ENV_ID}, "
+            f"{args.language_model} ({args.lm_num_layers or 'all'} layers), K={args.context_len}, "
+            f"{args.runners} runners, batched: {args.envs_per_runner} envs per runner; "
             f"{os.cpu_count()} cores, load before: {os.getloadavg()[0]:.2f}"
         )
-        print(
-            f"{'runners':>7} {'envs':>4} {'seconds':>8} {'episodes/s':>10} "
-            f"{'steps/s':>8} {'ep. len':>7} {'speed-up (eps, steps)':>22}"
-        )
-        baseline: tuple[float, float] | None = None
-        for num_runners, num_envs in itertools.product(args.runners, args.envs_per_runner):
-            elapsed, env_steps, episode_len = measure(args, num_runners, num_envs, state)
-            episodes_per_s = args.episodes * len(args.targets) / elapsed
-            steps_per_s = env_steps / elapsed
-            baseline = baseline or (episodes_per_s, steps_per_s)
-            print(
-                f"{num_runners:>7} {num_envs:>4} {elapsed:>8.2f} {episodes_per_s:>10.2f} "
-                f"{steps_per_s:>8.0f} {episode_len:>7.1f} "
-                f"{episodes_per_s / baseline[0]:>13.2f}x {steps_per_s / baseline[1]:>6.2f}x"
-            )
-        print(f"load after: {os.getloadavg()[0]:.2f}")
+        # Warm-up: first calls of the module and connectors, one short round each.
+        warm_up = argparse.Namespace(**{**vars(args), "episodes": 1})
+        for run, group in setups.values():
+            run(group, warm_up)
+        seconds: dict[str, list[float]] = {name: [] for name in setups}
+        steps: dict[str, int] = {}
+        scores: dict[str, dict] = {}
+        for repeat in range(args.repeats):
+            for name, (run, group) in setups.items():
+                started = time.perf_counter()
+                scores[name], steps[name] = run(group, args)
+                seconds[name].append(time.perf_counter() - started)
+                print(
+                    f"  repeat {repeat} {name:>12}: {seconds[name][-1]:7.1f} s, "
+                    f"{steps[name]} env steps, load {os.getloadavg()[0]:.2f}"
+                )
+        for group in (one_env, many_envs):
+            group.stop()
     finally:
         ray.shutdown()
+
+    print(f"{'setup':>12} {'median s':>9} {'steps/s':>8} {'ratio vs batched (paired median)':>34}")
+    for name in setups:
+        ratio = statistics.median(
+            a / b for a, b in zip(seconds[name], seconds["batched"], strict=True)
+        )
+        median_s = statistics.median(seconds[name])
+        print(f"{name:>12} {median_s:>9.1f} {steps[name] / median_s:>8.0f} {ratio:>33.2f}x")
+    for name in setups:
+        steps_per_s = steps[name] / statistics.median(seconds[name])
+        print(
+            f"paper protocol round ({PAPER_ROUND_STEPS} steps, {PAPER_RUNNERS} runners), "
+            f"{name}: {PAPER_ROUND_STEPS / steps_per_s * args.runners / PAPER_RUNNERS / 60:.1f} min"
+        )
+    print(f"mean returns: {scores}")
+    print(
+        "scores identical: sequential == batched "
+        f"{scores['sequential'] == scores['batched']}; rllib-sample == batched "
+        f"(per-target means) {_means(scores['rllib-sample']) == scores['batched']}"
+    )
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+
+
+def _means(returns: dict[str, list[float]]) -> dict[str, float]:
+    """Per-target mean returns, computed as `summarise` does."""
+    return {
+        key: float(np.asarray(values, dtype=np.float64).mean()) for key, values in returns.items()
+    }
 
 
 if __name__ == "__main__":

@@ -5,31 +5,34 @@ the best of a few targets. `evaluate_target_returns` is the `custom_evaluation_f
 that runs `evaluation_duration` episodes per target spread over the evaluation env runners;
 `evaluate_checkpoint` does the same for a saved run without its dataset or learner.
 
-Episodes are counted per vector-env slot and fixed in advance (the first n episodes of each
-slot), so that short episodes, which finish first, are not over-represented when an env
-runner steps several envs at once.
+Every (target return, episode index) pair is one task with its own env seed, derived from
+the config's `seed` and the episode index alone. Each runner gets a share of the tasks and
+runs them side by side on its `num_envs_per_env_runner` sub-envs, all targets mixed, with
+one model call per env step for all of them; an env whose episode ends starts the runner's
+next task. So the scores for a seed do not depend on how many runners or envs there are, and
+a runner that fails loses only its own tasks, which are run again.
 """
 
 from __future__ import annotations
 
 import pathlib
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import gymnasium as gym
 import numpy as np
+import torch
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.core.columns import Columns
 from ray.rllib.env.env_runner_group import EnvRunnerGroup
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EVALUATION_RESULTS
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
 
 from rllib_lamo.checkpoints import config_from_checkpoint, module_location
-from rllib_lamo.connectors.decision_context import (
-    decision_context_of,
-    episode_env_index,
-    episode_return_so_far,
-)
+from rllib_lamo.connectors.decision_context import ContextBuffer
 from rllib_lamo.scores import reference_scores
 from rllib_lamo.storage import absolute_location
 
@@ -37,11 +40,26 @@ if TYPE_CHECKING:
     from ray.rllib.algorithms.algorithm import Algorithm
     from ray.rllib.env.env_runner import EnvRunner
 
-# Env steps per sub-env between checks whether every slot has finished its episodes: small
-# enough to waste few steps after the last episode ends, large enough to amortise `sample()`.
-STEPS_PER_ENV_PER_SAMPLE = 10
-
 BEST_KEY = "best"
+
+
+@dataclass(frozen=True)
+class EpisodeTask:
+    """One evaluation episode: its target return, its index within that target and env seed."""
+
+    target_return: float
+    index: int
+    seed: int | None
+
+
+@dataclass
+class EpisodeResult:
+    """A finished episode of a task."""
+
+    task: EpisodeTask
+    episode_return: float
+    length: int
+    duration_s: float
 
 
 @dataclass
@@ -57,7 +75,7 @@ class TargetRollouts:
 class RunnerRollouts:
     """What one env runner sends back from one evaluation call."""
 
-    targets: list[TargetRollouts]
+    episodes: list[EpisodeResult]
     env_steps: int
     metrics: dict[str, Any]
 
@@ -66,6 +84,17 @@ def target_key(target_return: float) -> str:
     """Metric key of a target return: ``target_3600`` (``target_0.5`` for fractional ones)."""
     value = float(target_return)
     return f"target_{int(value)}" if value.is_integer() else f"target_{value}"
+
+
+def episode_seed(seed: int | None, index: int) -> int | None:
+    """The env seed of the `index`-th episode of every target (None: unseeded episodes).
+
+    Independent streams per episode (`SeedSequence`), the same for every target so that
+    targets are compared on the same initial states.
+    """
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def evaluate_target_returns(
@@ -93,6 +122,7 @@ def evaluate_target_returns(
         target_returns=config.target_returns,
         num_episodes=config.evaluation_duration,
         env_id=config.env if isinstance(config.env, str) else None,
+        seed=config.seed,
     )
     algorithm.metrics.aggregate(runner_metrics, key=(EVALUATION_RESULTS, ENV_RUNNER_RESULTS))
     # Merged in (not logged directly) like the env runners' metrics: `Algorithm.evaluate` can
@@ -109,28 +139,34 @@ def run_target_returns(
     target_returns: Sequence[float],
     num_episodes: int,
     env_id: str | None,
+    seed: int | None,
 ) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
     """Runs `num_episodes` episodes per target on the group and summarises them.
 
-    Uses the healthy remote env runners in parallel, or the local one if there are none.
-    Returns the metrics (see `summarise`), the env steps taken and the env runners' own
-    metrics (for `MetricsLogger.aggregate`).
+    Uses the healthy remote env runners in parallel, or the local one if there are none;
+    tasks of a runner that fails are dispatched again, with the same seeds. Returns the
+    metrics (see `summarise`), the env steps taken and the env runners' own metrics (for
+    `MetricsLogger.aggregate`).
     """
     started = time.perf_counter()
-    rollouts = {float(t): TargetRollouts(float(t)) for t in target_returns}
+    # Episode-major order: a runner's share mixes all targets, so they finish together.
+    ordered = [
+        EpisodeTask(float(target), index, episode_seed(seed, index))
+        for index in range(num_episodes)
+        for target in target_returns
+    ]
+    finished: dict[EpisodeTask, EpisodeResult] = {}
     runner_metrics: list[dict[str, Any]] = []
     env_steps = 0
-    while shortfall := {
-        target: num_episodes - len(done.returns)
-        for target, done in rollouts.items()
-        if len(done.returns) < num_episodes
-    }:
-        for result in _dispatch(env_runner_group, shortfall):
+    while tasks := [task for task in ordered if task not in finished]:
+        for result in _dispatch(env_runner_group, tasks):
             env_steps += result.env_steps
             runner_metrics.append(result.metrics)
-            for part in result.targets:
-                rollouts[part.target_return].returns.extend(part.returns)
-                rollouts[part.target_return].lengths.extend(part.lengths)
+            finished.update((episode.task, episode) for episode in result.episodes)
+    rollouts = {float(t): TargetRollouts(float(t)) for t in target_returns}
+    for task in ordered:
+        rollouts[task.target_return].returns.append(finished[task].episode_return)
+        rollouts[task.target_return].lengths.append(finished[task].length)
     metrics = summarise(list(rollouts.values()), env_id=env_id)
     elapsed = time.perf_counter() - started
     metrics.update(
@@ -168,82 +204,136 @@ def summarise(rollouts: Sequence[TargetRollouts], *, env_id: str | None) -> dict
     return metrics
 
 
-def _dispatch(
-    env_runner_group: EnvRunnerGroup, episodes_per_target: dict[float, int]
-) -> list[RunnerRollouts]:
-    """One parallel round: each runner gets its share of every target's episodes."""
+def _dispatch(env_runner_group: EnvRunnerGroup, tasks: list[EpisodeTask]) -> list[RunnerRollouts]:
+    """One parallel round: the tasks dealt round-robin over the healthy runners."""
     if env_runner_group.num_remote_env_runners() == 0:
-        plan = list(episodes_per_target.items())
-        return [rollout_targets(env_runner_group.local_env_runner, plans={0: plan})]
+        return [rollout_tasks(env_runner_group.local_env_runner, shares={0: tasks})]
 
     runner_ids = env_runner_group.healthy_env_runner_ids()
     if not runner_ids:
         raise RuntimeError("No healthy evaluation env runner left to run episodes on.")
-    plans: dict[int, list[tuple[float, int]]] = defaultdict(list)
-    for offset, (target, count) in enumerate(episodes_per_target.items()):
-        # Rotate who gets the remainder, so one runner does not get every extra episode.
-        for rank, runner_id in enumerate(runner_ids):
-            share = count // len(runner_ids) + (
-                (rank - offset) % len(runner_ids) < count % len(runner_ids)
-            )
-            if share:
-                plans[runner_id].append((target, share))
+    shares = {
+        runner_id: tasks[rank :: len(runner_ids)]
+        for rank, runner_id in enumerate(runner_ids)
+        if tasks[rank :: len(runner_ids)]
+    }
     return env_runner_group.foreach_env_runner(
-        rollout_targets,
-        kwargs={"plans": dict(plans)},
+        rollout_tasks,
+        kwargs={"shares": shares},
         local_env_runner=False,
-        remote_worker_ids=list(plans),
+        remote_worker_ids=list(shares),
     )
 
 
-def rollout_targets(
-    env_runner: EnvRunner, *, plans: dict[int, list[tuple[float, int]]]
-) -> RunnerRollouts:
-    """Runs on an env runner: its planned (target return, episodes) pairs, one after another."""
-    plan = plans[env_runner.worker_index]
-    decision_context = decision_context_of(env_runner)
-    targets, env_steps = [], 0
-    for target_return, num_episodes in plan:
-        decision_context.target_return = target_return
-        rollouts, steps = _rollout_episodes(env_runner, target_return, num_episodes)
-        targets.append(rollouts)
-        env_steps += steps
-    return RunnerRollouts(targets=targets, env_steps=env_steps, metrics=env_runner.get_metrics())
+def rollout_tasks(env_runner: EnvRunner, *, shares: dict[int, list[EpisodeTask]]) -> RunnerRollouts:
+    """Runs on an env runner: its share of the tasks, side by side on its sub-envs."""
+    tasks = shares[env_runner.worker_index]
+    episodes, env_steps = run_episodes(
+        env_runner.module, _sub_envs(env_runner), tasks, env_runner.config
+    )
+    # The env runner's own episode and step metrics (`evaluation/env_runners/...`), as its
+    # `sample()` would log them.
+    for episode in episodes:
+        env_runner._log_episode_metrics(episode.length, episode.episode_return, episode.duration_s)
+    env_runner._increase_sampled_metrics(env_steps, len(episodes))
+    return RunnerRollouts(episodes=episodes, env_steps=env_steps, metrics=env_runner.get_metrics())
 
 
-def _rollout_episodes(
-    env_runner: EnvRunner, target_return: float, num_episodes: int
-) -> tuple[TargetRollouts, int]:
-    """The first episodes of each vector-env slot after a reset, `num_episodes` in total."""
-    num_envs = env_runner.num_envs
-    quotas = [
-        num_episodes // num_envs + (slot < num_episodes % num_envs) for slot in range(num_envs)
-    ]
-    finished: list[list[tuple[float, int]]] = [[] for _ in range(num_envs)]
+def run_episodes(
+    module: Any, envs: Sequence[gym.Env], tasks: Sequence[EpisodeTask], config: AlgorithmConfig
+) -> tuple[list[EpisodeResult], int]:
+    """Runs `tasks` in order on up to `len(envs)` envs at once, one `forward_inference` per step.
+
+    A free env resets (with its task's seed) into the next task; a done env takes the next
+    one or drops out of the batch. `config` gives the context (`context_len`, `rtg_scale`,
+    `max_ep_len`) and how actions reach the env (`normalize_actions`, `clip_actions`), as
+    in RLlib's module-to-env pipeline; contexts keep the module's raw actions.
+    Returns the finished episodes (in order of finishing) and the env steps taken.
+    """
+    envs = list(envs)[: len(tasks)]
+    if not envs:
+        return [], 0
+    action_space = envs[0].action_space
+    buffer = ContextBuffer(
+        len(envs),
+        envs[0].observation_space,
+        action_space,
+        context_len=config.context_len,
+        rtg_scale=config.rtg_scale,
+        max_ep_len=config.max_ep_len,
+    )
+    device = _module_device(module)
+    queue = iter(tasks)
+    running: dict[int, tuple[EpisodeTask, float]] = {}  # row -> (task, start time)
+
+    def start_next(row: int) -> None:
+        task = next(queue, None)
+        if task is None:
+            return
+        observation, _ = envs[row].reset(seed=task.seed)
+        buffer.start(row, observation, task.target_return)
+        running[row] = (task, time.perf_counter())
+
+    for row in range(len(envs)):
+        start_next(row)
+    finished: list[EpisodeResult] = []
     env_steps = 0
-    force_reset = True
-    while any(len(done) < quota for done, quota in zip(finished, quotas, strict=True)):
-        chunks = env_runner.sample(
-            num_timesteps=num_envs * STEPS_PER_ENV_PER_SAMPLE,
-            explore=False,
-            force_reset=force_reset,
+    while running:
+        rows = np.fromiter(running, dtype=np.int64, count=len(running))
+        inputs = {
+            column: torch.from_numpy(values).to(device)
+            for column, values in buffer.batch(rows).items()
+        }
+        with torch.no_grad():
+            actions = module.forward_inference(inputs)[Columns.ACTIONS].cpu().numpy()
+        steps = [
+            envs[row].step(action)
+            for row, action in zip(rows, _to_env(actions, action_space, config), strict=True)
+        ]
+        observations, rewards, terminated, truncated, _ = (
+            np.asarray(x) for x in zip(*steps, strict=True)
         )
-        force_reset = False
-        env_steps += sum(len(chunk) for chunk in chunks)
-        for chunk in chunks:
-            if chunk.is_done:
-                finished[episode_env_index(chunk)].append((episode_return_so_far(chunk), chunk.t))
-    kept = [
-        episode for done, quota in zip(finished, quotas, strict=True) for episode in done[:quota]
-    ]
-    return (
-        TargetRollouts(
-            target_return,
-            returns=[episode_return for episode_return, _ in kept],
-            lengths=[length for _, length in kept],
-        ),
-        env_steps,
-    )
+        buffer.step(rows, actions, rewards.astype(np.float64), observations)
+        env_steps += len(rows)
+        for row in rows[terminated | truncated]:
+            task, started = running.pop(row)
+            finished.append(
+                EpisodeResult(
+                    task,
+                    float(buffer.returns[row]),
+                    int(buffer.lengths[row]),
+                    time.perf_counter() - started,
+                )
+            )
+            start_next(row)
+    return finished, env_steps
+
+
+def _to_env(actions: np.ndarray, action_space: gym.Space, config: AlgorithmConfig) -> np.ndarray:
+    """The module's actions as the env gets them (as RLlib's `NormalizeAndClipActions`)."""
+    if config.normalize_actions:
+        return unsquash_action(actions, action_space)
+    if config.clip_actions:
+        return clip_action(actions, action_space)
+    return actions
+
+
+def _sub_envs(env_runner: EnvRunner) -> list[gym.Env]:
+    """The single envs inside an env runner's (synchronous) vector env."""
+    vector_env = env_runner.env.unwrapped
+    if not hasattr(vector_env, "envs"):
+        raise ValueError(
+            "LaMo's evaluation steps the sub-envs of a synchronous vector env, but the env "
+            f"runner has a {type(vector_env).__name__}: set "
+            "`config.env_runners(gym_env_vectorize_mode='SYNC')`."
+        )
+    return list(vector_env.envs)
+
+
+def _module_device(module: Any) -> torch.device:
+    """Where the module's weights live (CPU for a module without any)."""
+    weight = next(iter(module.parameters()), None)
+    return weight.device if weight is not None else torch.device("cpu")
 
 
 def evaluate_checkpoint(
@@ -281,7 +371,9 @@ def evaluate_checkpoint(
             target_returns=list(target_returns or config.target_returns),
             num_episodes=episodes,
             env_id=config.env if isinstance(config.env, str) else None,
+            seed=eval_config.seed,
         )
     finally:
         group.stop()
     return metrics
+

@@ -103,6 +103,9 @@ class LaMoConfig(AlgorithmConfig):
         # The paper reports each target's mean over its last 8 evaluations (the last 20K of
         # 100K steps, evaluated every 2.5K), then the best target.
         self.paper_score_last_n_evals = 8
+        # Evaluation episodes (all targets mixed) run side by side on each evaluation runner's
+        # sub-envs, with one model call per env step for all of them.
+        self.num_envs_per_env_runner = 20
         # Evaluation contexts need K steps of history, also when RLlib cuts long episodes.
         self.episode_lookback_horizon = self.context_len
         # The policy is trained on the dataset's raw actions: no rescaling, only clipping.

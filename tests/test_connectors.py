@@ -1,4 +1,4 @@
-"""DecisionContext against a loop-per-step reference, on episodes stepped like an env runner."""
+"""DecisionContext and ContextBuffer against a loop-per-step reference, on stepped episodes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from ray.rllib.connectors.common import BatchIndividualItems
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from rllib_lamo.connectors.decision_context import (
+    ContextBuffer,
     DecisionContext,
-    episode_env_index,
     episode_return_so_far,
 )
 from rllib_lamo.windows import ACTIONS, ATTENTION_MASK, OBS, RETURNS_TO_GO, TIMESTEPS
@@ -126,7 +126,6 @@ def test_matches_reference_at_every_step(discrete: bool, cut_every: int | None):
             assert episode_return_so_far(envs.episodes[row]) == pytest.approx(
                 sum(history["rewards"])
             )
-            assert episode_env_index(envs.episodes[row]) == row
         envs.step()
         if cut_every and step % cut_every == cut_every - 1:
             envs.cut(lookback=K - 1)
@@ -157,3 +156,68 @@ def test_too_short_lookback_fails_loudly():
     envs.step()
     with pytest.raises(ValueError, match="episode_lookback_horizon"):
         run_connector(connector, envs.episodes)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_context_buffer_matches_reference_as_rows_step_and_restart(discrete: bool):
+    # Per row, episodes of these lengths one after another (shorter/longer than K, past
+    # max_ep_len); a row whose episode ends restarts at once, as in evaluation, or drops out.
+    queues = [[2, 6, 1], [K], [K + 1, 3], [11], [17]]
+    num_episodes = sum(map(len, queues))
+    rng = np.random.default_rng(11)
+    buffer = ContextBuffer(
+        len(queues),
+        OBS_SPACE,
+        DISCRETE_ACTIONS if discrete else BOX_ACTIONS,
+        context_len=K,
+        rtg_scale=RTG_SCALE,
+        max_ep_len=MAX_EP_LEN,
+    )
+    running: dict[int, dict] = {}
+
+    def start(row: int) -> None:
+        if not queues[row]:
+            running.pop(row, None)
+            return
+        history = {"obs": [rng.normal(size=3).astype(np.float32)], "actions": [], "rewards": []}
+        running[row] = {"length": queues[row].pop(0), "target": rng.normal(20.0, 5.0), **history}
+        buffer.start(row, history["obs"][0], running[row]["target"])
+
+    for row in range(len(queues)):
+        start(row)
+    episodes_seen = 0
+    while running:
+        rows = np.array(sorted(running))
+        batch = buffer.batch(rows)
+        for position, row in enumerate(rows):
+            episode = running[row]
+            expected = reference_context(
+                episode["obs"],
+                episode["actions"],
+                episode["rewards"],
+                target=episode["target"],
+                discrete=discrete,
+            )
+            for column, values in expected.items():
+                assert batch[column].dtype == buffer.columns[column].dtype
+                np.testing.assert_allclose(
+                    batch[column][position], values, rtol=1e-6, err_msg=f"{column} row {row}"
+                )
+        if discrete:
+            actions = rng.integers(4, size=len(rows))
+        else:
+            actions = rng.uniform(-1, 1, size=(len(rows), 2)).astype(np.float32)
+        rewards = rng.normal(size=len(rows))
+        observations = rng.normal(size=(len(rows), 3)).astype(np.float32)
+        buffer.step(rows, actions, rewards, observations)
+        for position, row in enumerate(rows):
+            episode = running[row]
+            episode["actions"].append(actions[position])
+            episode["rewards"].append(float(rewards[position]))
+            episode["obs"].append(observations[position])
+            assert buffer.returns[row] == pytest.approx(sum(episode["rewards"]))
+            assert buffer.lengths[row] == len(episode["rewards"])
+            if len(episode["rewards"]) == episode["length"]:
+                episodes_seen += 1
+                start(row)
+    assert episodes_seen == num_episodes

@@ -1,10 +1,11 @@
 """Multi-target evaluation on real Hopper-v5 env runners, against a hand-rolled DT loop.
 
 The rollouts of the env runners are compared with a Decision-Transformer loop that steps its
-own gymnasium env with the same seeds and the same policy. A randomly initialised LaMo
-module barely reacts to the return-to-go, so those comparisons use `ContextProbeModule`,
-whose action depends strongly on every context column; the Algorithm and checkpoint test runs
-the real LaMo module (tiny-gpt2).
+own gymnasium env, one episode at a time, with the same per-episode seeds and the same
+policy. A randomly initialised LaMo module barely reacts to the return-to-go, so those
+comparisons use `ContextProbeModule`, whose action depends strongly on every context column;
+the batched-vs-sequential test and the Algorithm and checkpoint test run the real LaMo module
+(tiny-gpt2).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from rllib_lamo.connectors.decision_context import (
 from rllib_lamo.data.format import Episode
 from rllib_lamo.data.writer import write_dataset
 from rllib_lamo.evaluation import (
+    EpisodeTask,
     TargetRollouts,
+    episode_seed,
     evaluate_checkpoint,
     evaluate_target_returns,
+    run_episodes,
     run_target_returns,
     summarise,
     target_key,
@@ -44,7 +48,6 @@ CONTEXT_LEN = 4
 RTG_SCALE = 100.0
 MAX_EP_LEN = 1000
 SEED = 5
-EVAL_SEED_OFFSET = 1_000_000  # RLlib adds this to the seed of evaluation env runners
 
 
 class ContextProbeModule(TorchRLModule):
@@ -116,29 +119,32 @@ def dt_context(obs: list, actions: list, rewards: list, target: float) -> dict[s
     return {c: np.asarray(v, dtype=dtypes.get(c, np.float32)) for c, v in context.items()}
 
 
-def reference_episodes(
-    module: RLModule, *, seed: int, num_episodes: int, target: float
-) -> list[tuple[float, int]]:
-    """The first episodes of one env seeded like one vector-env slot of an env runner."""
+def reference_episode(module: RLModule, *, seed: int | None, target: float) -> tuple:
+    """(return, length, actions) of one episode, stepped alone with its own env and seed."""
     env = gym.make(ENV_ID)
-    episodes = []
     obs, _ = env.reset(seed=seed)
-    for index in range(num_episodes):
-        if index:
-            obs, _ = env.reset()
-        observations, actions, rewards = [obs], [], []
-        done = False
-        while not done:
-            context = dt_context(observations, actions, rewards, target)
-            batch = {column: torch.as_tensor(values)[None] for column, values in context.items()}
-            action = module.forward_inference(batch)[Columns.ACTIONS][0].numpy()
-            obs, reward, terminated, truncated, _ = env.step(np.clip(action, -1.0, 1.0))
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(float(reward))
-            done = terminated or truncated
-        episodes.append((sum(rewards), len(rewards)))
-    return episodes
+    observations, actions, rewards = [obs], [], []
+    done = False
+    while not done:
+        context = dt_context(observations, actions, rewards, target)
+        batch = {column: torch.as_tensor(values)[None] for column, values in context.items()}
+        action = module.forward_inference(batch)[Columns.ACTIONS][0].numpy()
+        obs, reward, terminated, truncated, _ = env.step(np.clip(action, -1.0, 1.0))
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(float(reward))
+        done = terminated or truncated
+    return sum(rewards), len(rewards), np.asarray(actions)
+
+
+def reference_episodes(
+    module: RLModule, *, num_episodes: int, target: float
+) -> list[tuple[float, int]]:
+    """The episodes evaluation runs for one target, with the config's seed."""
+    return [
+        reference_episode(module, seed=episode_seed(SEED, index), target=target)[:2]
+        for index in range(num_episodes)
+    ]
 
 
 def policy_and_group(config: LaMoConfig) -> tuple[RLModule, EnvRunnerGroup]:
@@ -191,13 +197,73 @@ def test_summary_layout_and_best_target():
     ]
 
 
+class RecordedActions(gym.Wrapper):
+    """Appends (reset seed, actions of that episode) to a shared log, in reset order."""
+
+    def __init__(self, env: gym.Env, log: list):
+        super().__init__(env)
+        self.log = log
+
+    def reset(self, *, seed=None, options=None):
+        self.log.append((seed, []))
+        self.actions = self.log[-1][1]
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.actions.append(np.array(action))
+        return super().step(action)
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["lamo", "probe"])
+def test_batched_rollouts_match_one_at_a_time(probe: bool):
+    targets = [150.0, 30.0]
+    config = lamo_config(num_env_runners=0, num_envs=1, targets=targets, probe=probe)
+    torch.manual_seed(0)
+    module = config.get_rl_module_spec(env=gym.make(ENV_ID), inference_only=True).build()
+    tasks = [EpisodeTask(t, i, episode_seed(SEED, i)) for i in range(3) for t in targets]
+    runs = {}
+    for num_envs in (1, 4, len(tasks)):
+        log: list = []
+        envs = [RecordedActions(gym.make(ENV_ID), log) for _ in range(num_envs)]
+        episodes, env_steps = run_episodes(module, envs, tasks, config)
+        assert len(episodes) == len(tasks) and {e.task for e in episodes} == set(tasks)
+        assert env_steps == sum(e.length for e in episodes)
+        # Envs take the next task as they free up: resets follow the task order.
+        assert [seed for seed, _ in log] == [task.seed for task in tasks]
+        runs[num_envs] = ({e.task: e for e in episodes}, log, [e.task for e in episodes])
+
+    sequential, sequential_log, _ = runs[1]
+    for num_envs in (4, len(tasks)):
+        batched, log, _ = runs[num_envs]
+        for task, (_, actions), (_, expected_actions) in zip(
+            tasks, log, sequential_log, strict=True
+        ):
+            np.testing.assert_array_equal(np.asarray(actions), np.asarray(expected_actions))
+            assert batched[task].episode_return == sequential[task].episode_return
+            assert batched[task].length == sequential[task].length
+    # The env-runner-free DT loop agrees too (first task of each target).
+    for task in tasks[:2]:
+        episode_return, length, actions = reference_episode(
+            module, seed=task.seed, target=task.target_return
+        )
+        np.testing.assert_array_equal(actions, np.asarray(sequential_log[tasks.index(task)][1]))
+        assert (episode_return, length) == (
+            pytest.approx(sequential[task].episode_return, rel=1e-12),
+            sequential[task].length,
+        )
+    if probe:
+        # Episodes of different lengths: batched, they finish out of task order.
+        assert len({e.length for e in sequential.values()}) > 1
+        assert runs[len(tasks)][2] != tasks
+
+
 def test_remote_runners_match_reference_rollouts(ray_cluster):
     targets = [150.0, 30.0]
     config = lamo_config(num_env_runners=2, num_envs=2, targets=targets, probe=True)
     module, group = policy_and_group(config)
     try:
         metrics, env_steps, runner_metrics = run_target_returns(
-            group, target_returns=targets, num_episodes=6, env_id=ENV_ID
+            group, target_returns=targets, num_episodes=6, env_id=ENV_ID, seed=SEED
         )
         set_target_return(group, 77.0)
         on_runners = group.foreach_env_runner(
@@ -207,14 +273,7 @@ def test_remote_runners_match_reference_rollouts(ray_cluster):
         group.stop()
     assert on_runners == [77.0, 77.0]
 
-    # 6 episodes over 2 runners x 2 slots: the first two episodes of slot 0, one of slot 1.
-    expected = []
-    for runner in (1, 2):
-        runner_seed = SEED + runner + EVAL_SEED_OFFSET
-        for slot, quota in enumerate((2, 1)):
-            expected += reference_episodes(
-                module, seed=runner_seed + slot, num_episodes=quota, target=targets[0]
-            )
+    expected = reference_episodes(module, num_episodes=6, target=targets[0])
     assert_summary_of(metrics["target_150"], expected)
     assert metrics["target_30"]["num_episodes"] == 6
     assert metrics["target_30"]["return_mean"] != metrics["target_150"]["return_mean"]
@@ -233,13 +292,11 @@ def test_local_runner_when_there_are_no_remote_ones(ray_cluster):
     module, group = policy_and_group(config)
     try:
         metrics, _, _ = run_target_returns(
-            group, target_returns=[100.0], num_episodes=3, env_id=ENV_ID
+            group, target_returns=[100.0], num_episodes=3, env_id=ENV_ID, seed=SEED
         )
     finally:
         group.stop()
-    expected = reference_episodes(
-        module, seed=SEED + EVAL_SEED_OFFSET, num_episodes=3, target=100.0
-    )
+    expected = reference_episodes(module, num_episodes=3, target=100.0)
     assert_summary_of(metrics["target_100"], expected)
 
 
@@ -296,13 +353,7 @@ def test_algorithm_evaluation_and_checkpoint(ray_cluster, hopper_dataset, tmp_pa
     metrics = evaluate_checkpoint(
         checkpoint, episodes=2, target_returns=[1000.0], num_env_runners=2, seed=SEED
     )
-    expected = [
-        episode
-        for runner in (1, 2)
-        for episode in reference_episodes(
-            policy, seed=SEED + runner + EVAL_SEED_OFFSET, num_episodes=1, target=1000.0
-        )
-    ]
+    expected = reference_episodes(policy, num_episodes=2, target=1000.0)
     assert_summary_of(metrics["target_1000"], expected)
     assert metrics["best"]["target_return"] == 1000.0
 

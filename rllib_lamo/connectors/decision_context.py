@@ -1,10 +1,16 @@
-"""Env-to-module connector that turns running episodes into Decision-Transformer contexts.
+"""Decision-Transformer contexts of running episodes: a rolling buffer and a connector.
 
 At every env step the policy sees the last K steps of (return-to-go, observation, action) of
 its episode, left-padded and masked exactly as the training windows (`rllib_lamo.windows`).
 The return-to-go starts at the episode's target return and is decremented by every raw
-reward. Its running value lives in `episode.custom_data`, so it stays exact when RLlib cuts a
-long episode into chunks that keep only `episode_lookback_horizon` steps of history.
+reward.
+
+`ContextBuffer` keeps those contexts for many envs stepped together (LaMo's evaluation): one
+shift and one write per step for all envs, never a rebuild from the episode. The
+`DecisionContext` connector builds the same contexts from RLlib's `SingleAgentEpisode`s, for
+RLlib's own sampling loop; its running return lives in `episode.custom_data`, so it stays
+exact when RLlib cuts a long episode into chunks that keep only `episode_lookback_horizon`
+steps of history.
 """
 
 from __future__ import annotations
@@ -41,7 +47,90 @@ if TYPE_CHECKING:
 TARGET_RETURN_KEY = "lamo_target_return"
 RETURN_KEY = "lamo_return"  # undiscounted reward sum of the whole episode so far ...
 RETURN_T_KEY = "lamo_return_t"  # ... up to this (absolute) timestep
-ENV_INDEX_KEY = "lamo_env_index"  # the vector-env slot that ran the episode
+
+
+class ContextBuffer:
+    """The K-step contexts of `num_envs` episodes stepped side by side, one row per env.
+
+    Rows hold the arrays `DecisionContext` builds (same columns, dtypes, padding and
+    scaling), kept up to date incrementally: `start` fills a row for a new episode, `step`
+    appends the last action and the new observation to the rows that stepped, shifting their
+    window by one. Returns-to-go are the target minus the rewards so far, summed in float64
+    in step order.
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        *,
+        context_len: int,
+        rtg_scale: float,
+        max_ep_len: int,
+    ):
+        k = context_len
+        self.rtg_scale = float(rtg_scale)
+        self.max_ep_len = max_ep_len
+        if isinstance(action_space, gym.spaces.Discrete):
+            action_shape, action_dtype, self.action_pad = (), np.int64, DISCRETE_ACTION_PAD
+        else:
+            action_shape, action_dtype, self.action_pad = (
+                action_space.shape,
+                np.float32,
+                BOX_ACTION_PAD,
+            )
+        self.columns = {
+            OBS: np.zeros((num_envs, k, *observation_space.shape), dtype=np.float32),
+            ACTIONS: np.zeros((num_envs, k, *action_shape), dtype=action_dtype),
+            RETURNS_TO_GO: np.zeros((num_envs, k), dtype=np.float32),
+            TIMESTEPS: np.zeros((num_envs, k), dtype=np.int64),
+            ATTENTION_MASK: np.zeros((num_envs, k), dtype=np.float32),
+        }
+        self.target_returns = np.zeros(num_envs, dtype=np.float64)
+        self.returns = np.zeros(num_envs, dtype=np.float64)  # rewards so far, per row
+        self.lengths = np.zeros(num_envs, dtype=np.int64)  # env steps so far, per row
+
+    def start(self, row: int, observation: np.ndarray, target_return: float) -> None:
+        """Row `row` begins a new episode at `observation`, conditioned on `target_return`."""
+        pads = {OBS: OBS_PAD, ACTIONS: self.action_pad, RETURNS_TO_GO: RTG_PAD}
+        for column, values in self.columns.items():
+            values[row] = pads.get(column, 0)
+        self.target_returns[row] = target_return
+        self.returns[row] = 0.0
+        self.lengths[row] = 0
+        self._write_current(np.array([row]), np.asarray(observation)[None])
+
+    def step(
+        self,
+        rows: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        observations: np.ndarray,
+    ) -> None:
+        """`rows` took `actions`, got `rewards` and now see `observations` (all row-aligned)."""
+        self.columns[ACTIONS][rows, -1] = actions
+        for values in self.columns.values():
+            values[rows, :-1] = values[rows, 1:]
+        self.returns[rows] += rewards
+        self.lengths[rows] += 1
+        self._write_current(rows, observations)
+
+    def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The contexts of `rows`, ready for `forward_inference` (as tensors)."""
+        if len(rows) == len(self.returns) and np.array_equal(rows, np.arange(len(rows))):
+            return dict(self.columns)
+        return {column: values[rows] for column, values in self.columns.items()}
+
+    def _write_current(self, rows: np.ndarray, observations: np.ndarray) -> None:
+        """The current step (last position) of `rows`; its action is still unknown."""
+        columns = self.columns
+        columns[OBS][rows, -1] = observations
+        columns[ACTIONS][rows, -1] = self.action_pad
+        rtg = (self.target_returns[rows] - self.returns[rows]) / self.rtg_scale
+        columns[RETURNS_TO_GO][rows, -1] = rtg
+        columns[TIMESTEPS][rows, -1] = np.minimum(self.lengths[rows], self.max_ep_len - 1)
+        columns[ATTENTION_MASK][rows, -1] = 1.0
 
 
 class DecisionContext(ConnectorV2):
@@ -98,14 +187,13 @@ class DecisionContext(ConnectorV2):
         shared_data: dict | None = None,
         **kwargs: Any,
     ) -> Any:
-        for env_index, episode in enumerate(episodes):
+        for episode in episodes:
             if TARGET_RETURN_KEY not in episode.custom_data:
                 episode.custom_data.update(
                     {
                         TARGET_RETURN_KEY: self.target_return,
                         RETURN_KEY: 0.0,
                         RETURN_T_KEY: 0,
-                        ENV_INDEX_KEY: env_index,
                     }
                 )
             for column, item in self._context(episode).items():
@@ -181,11 +269,6 @@ def episode_return_so_far(episode: SingleAgentEpisode) -> float:
         data[RETURN_KEY] += float(np.sum(episode.get_rewards(slice(-new_steps, None))))
         data[RETURN_T_KEY] = episode.t
     return data[RETURN_KEY]
-
-
-def episode_env_index(episode: SingleAgentEpisode) -> int:
-    """The vector-env slot (index in the env runner's sub-envs) that ran `episode`."""
-    return episode.custom_data[ENV_INDEX_KEY]
 
 
 def decision_context_connector(config: LaMoConfig) -> DecisionContext:

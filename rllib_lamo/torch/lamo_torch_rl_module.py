@@ -189,9 +189,14 @@ class LaMoTorchRLModule(TorchRLModule):
 
     @override(TorchRLModule)
     def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """The deterministic action for each sequence's last (current) step."""
+        """The deterministic action for each sequence's last (current) step.
+
+        The head runs on every position, not on the last one alone: a one-row matmul takes
+        another kernel than a batch does, and a row's action must not depend on how many
+        episodes are evaluated beside it.
+        """
         with torch.no_grad():
-            outputs = self.action_head(self._state_hidden(batch)[:, -1])
+            outputs = self.action_head(self._state_hidden(batch))[:, -1]
         actions = outputs.argmax(dim=-1) if self._discrete else outputs
         return {Columns.ACTION_DIST_INPUTS: outputs, Columns.ACTIONS: actions}
 
