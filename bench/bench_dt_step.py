@@ -38,7 +38,7 @@ SHAPES = {
     "gpt2": {"layers": 12, "hidden": 768, "heads": 12, "batch": 16, "finetune": "lora"},
     "default": {"batch": 16, "finetune": "lora"},
 }
-WARMUP_STEPS = 3
+WARMUP_STEPS = 2
 # The paper's code at the `gpt2` shape, 1 thread, measured earlier on this workplace's machine
 # (shared/REFERENCE.md); it is not installable here, so ratios against it are derived figures.
 PAPER_CODE_GPT2_MS = 5542
