@@ -65,7 +65,7 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
         super().build()
         fp16 = autocast_dtype(self.config.mixed_precision, self._device) == torch.float16
         self._grad_scaler = torch.amp.GradScaler(self._device.type) if fp16 else None
-        self._flops_per_step = {mid: self._training_flops(mid) for mid in self.module.keys()}
+        self._flops_per_step: dict[ModuleID, int] = {}  # filled on each module's first step
         self._peak_flops = peak_flops(self._device, self.config.mixed_precision is not None)
 
     def _training_flops(self, module_id: ModuleID) -> int:
@@ -106,6 +106,8 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
             if module_id in self._text_corpora:
                 config = self.config.get_config_for_module(module_id)
                 tokens += config.text_batch_size * config.text_block_len
+            if module_id not in self._flops_per_step:
+                self._flops_per_step[module_id] = self._training_flops(module_id)
             flops_per_s = self._flops_per_step[module_id] / seconds
             throughput = {
                 GRADIENT_STEPS_PER_S_KEY: 1.0 / seconds,
