@@ -331,7 +331,7 @@ def _use_fused_kernels(config: transformers.PretrainedConfig) -> None:
 
     GPT-2's ``gelu_new`` is the tanh-approximated GELU written as seven elementwise ops (each
     with its own backward); ``gelu_pytorch_tanh`` is one kernel for the same formula (outputs
-    agree to float32 rounding) and made a DT-size step ~1.4x faster on CPU.
+    agree to float32 rounding); its forward + backward ran ~4x faster on CPU here (paired).
     """
     activation = getattr(config, "activation_function", None)
     if activation in _FUSED_ACTIVATIONS:
