@@ -96,6 +96,11 @@ _DROPOUT_CONFIG_FIELDS = (
 _LORA_TRAINABLE_BIAS_MODEL_TYPES = ("gpt2",)
 # Body attributes holding learned absolute position embeddings (GPT-2 family).
 _ABSOLUTE_POSITION_EMBEDDINGS = ("wpe",)
+# PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels where the
+# device has them), for every architecture transformers supports it for (GPT-2, Llama, ...).
+ATTENTION_IMPLEMENTATION = "sdpa"
+# Activations with a fused PyTorch kernel for the same function.
+_FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 # The separate query/key/value projections LoRA adapts (the paper: all three, each its own adapter),
 # and GPT-2's fused module holding all three.
@@ -145,6 +150,7 @@ def load_language_model(
         tokenizer = _load_tokenizer(source)
     if dropout is not None:
         _override_dropout(config, dropout)
+    _use_fused_kernels(config)
     depth = config.num_hidden_layers
     if num_layers is not None and not 1 <= num_layers <= depth:
         raise ValueError(
@@ -154,11 +160,15 @@ def load_language_model(
     if not pretrained:
         if num_layers is not None:
             _set_depth(config, num_layers)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=torch.float32, attn_implementation=ATTENTION_IMPLEMENTATION
+        )
     elif name in TINY_MODELS:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_TINY_MODEL_SEED)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=torch.float32, attn_implementation=ATTENTION_IMPLEMENTATION
+            )
     else:
         model = _from_pretrained_quietly(source, config)
     if pretrained and num_layers is not None:
@@ -188,7 +198,9 @@ def _from_pretrained_quietly(
     bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()
     try:
-        return AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(
+            source, config=config, dtype=torch.float32, attn_implementation=ATTENTION_IMPLEMENTATION
+        )
     finally:
         if bars_were_on:
             transformers.utils.logging.enable_progress_bar()
@@ -312,6 +324,11 @@ def hidden_size(model: nn.Module) -> int:
     return _unwrap(model).config.hidden_size
 
 
+def language_model_body(model: nn.Module) -> nn.Module:
+    """The transformer body (no LM head) inside a possibly peft-wrapped causal LM."""
+    return _unwrap(model).base_model
+
+
 def trainable_parameter_names(model: nn.Module) -> set[str]:
     return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
 
@@ -392,6 +409,18 @@ def _install_position_bypass(model: transformers.PreTrainedModel) -> None:
             if not hasattr(embedding, _BYPASS_MARK):
                 embedding.register_forward_hook(_zero_during_trajectory_pass)
                 setattr(embedding, _BYPASS_MARK, True)
+
+
+def _use_fused_kernels(config: transformers.PretrainedConfig) -> None:
+    """Swaps activations for fused PyTorch kernels computing the same function.
+
+    GPT-2's ``gelu_new`` is the tanh-approximated GELU written as seven elementwise ops (each
+    with its own backward); ``gelu_pytorch_tanh`` is one kernel for the same formula (outputs
+    agree to float32 rounding); its forward + backward ran ~4x faster on CPU here (paired).
+    """
+    activation = getattr(config, "activation_function", None)
+    if activation in _FUSED_ACTIVATIONS:
+        config.activation_function = _FUSED_ACTIVATIONS[activation]
 
 
 def _set_depth(config: transformers.PretrainedConfig, num_layers: int) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
+import ray
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import Learner
@@ -23,6 +26,19 @@ from rllib_lamo.lamo_learner import (
     WARMUP_FACTOR_KEY,
     LaMoLearner,
 )
+from rllib_lamo.language_models import language_model_body
+from rllib_lamo.torch.lamo_torch_rl_module import TOKENS_PER_STEP
+from rllib_lamo.torch.performance import (
+    ACHIEVED_TFLOPS_KEY,
+    GRADIENT_STEPS_PER_S_KEY,
+    MFU_KEY,
+    TOKENS_PER_S_KEY,
+    autocast_dtype,
+    forward_flops,
+    matmul_weight_count,
+    peak_flops,
+    training_flops,
+)
 from rllib_lamo.windows import ATTENTION_MASK
 
 if TYPE_CHECKING:
@@ -40,12 +56,72 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
       `update()`; the step count is part of the Learner state.
     - Gradient clipping by one global norm over both optimizers' parameters, as in the paper
       (RLlib's default clips each optimizer's gradients separately).
+    - Speed: torch uses as many threads as CPUs Ray granted this process; ``mixed_precision``
+      autocasts the forward passes (fp16 with one gradient scaler for both optimizers); each
+      step's throughput is logged under the keys of `rllib_lamo.torch.performance`.
     """
 
     @override(TorchLearner)
     def build(self) -> None:
         self._base_lrs: dict[torch.optim.Optimizer, float] = {}
+        use_granted_cpus()
         super().build()
+        fp16 = autocast_dtype(self.config.mixed_precision, self._device) == torch.float16
+        self._grad_scaler = torch.amp.GradScaler(self._device.type) if fp16 else None
+        self._flops_per_step: dict[ModuleID, int] = {}  # filled on each module's first step
+        self._peak_flops = peak_flops(self._device, self.config.mixed_precision is not None)
+
+    def _training_flops(self, module_id: ModuleID) -> int:
+        """Model FLOPs of one gradient step of this module (trajectory batch + text batch)."""
+        config = self.config.get_config_for_module(module_id)
+        module = self.module[module_id].unwrapped()
+        body = language_model_body(module.language_model)
+        layers, hidden = body.config.num_hidden_layers, body.config.hidden_size
+        trajectory = forward_flops(
+            matmul_weight_count(body),
+            layers=layers,
+            hidden=hidden,
+            batch_size=config.train_batch_size_per_learner,
+            sequence_len=TOKENS_PER_STEP * config.context_len,
+        )
+        if module_id in self._text_corpora:
+            head = module.language_model.get_output_embeddings()
+            trajectory += forward_flops(
+                matmul_weight_count(body) + head.weight.numel(),
+                layers=layers,
+                hidden=hidden,
+                batch_size=config.text_batch_size,
+                sequence_len=config.text_block_len,
+            )
+        return training_flops(trajectory, trains_lm_weights=config.finetune == "full")
+
+    @override(TorchLearner)
+    def _update(self, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """One gradient step, timed: logs steps/s, tokens/s, TFLOP/s and MFU per module."""
+        started = time.perf_counter()
+        result = super()._update(batch)
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        seconds = time.perf_counter() - started
+        for module_id, module_batch in batch.items():
+            mask = module_batch[ATTENTION_MASK]
+            tokens = TOKENS_PER_STEP * mask.numel()
+            if module_id in self._text_corpora:
+                config = self.config.get_config_for_module(module_id)
+                tokens += config.text_batch_size * config.text_block_len
+            if module_id not in self._flops_per_step:
+                self._flops_per_step[module_id] = self._training_flops(module_id)
+            flops_per_s = self._flops_per_step[module_id] / seconds
+            throughput = {
+                GRADIENT_STEPS_PER_S_KEY: 1.0 / seconds,
+                TOKENS_PER_S_KEY: tokens / seconds,
+                ACHIEVED_TFLOPS_KEY: flops_per_s / 1e12,
+            }
+            if self._peak_flops:
+                throughput[MFU_KEY] = flops_per_s / self._peak_flops
+            for key, value in throughput.items():
+                self.metrics.log_value((module_id, key), value, reduce="mean")
+        return result
 
     @override(TorchLearner)
     def configure_optimizers_for_module(
@@ -64,8 +140,10 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
                 )
             if not params:  # finetune="frozen": the LM has nothing to train.
                 continue
+            # Fused: one kernel for all parameters instead of a Python loop over them
+            # (~2x faster steps of the optimizer on CPU; CPU and CUDA since torch 2.4).
             optimizer = torch.optim.AdamW(
-                params, lr=lr, weight_decay=config.weight_decay, eps=config.adam_eps
+                params, lr=lr, weight_decay=config.weight_decay, eps=config.adam_eps, fused=True
             )
             # No `lr_or_lr_schedule`: RLlib must not overwrite the per-step warmup rate.
             self.register_optimizer(
@@ -107,6 +185,15 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
         )
         return action_loss + config.language_loss_coeff * language_loss
 
+    @override(TorchLearner)
+    def compute_gradients(
+        self, loss_per_module: dict[ModuleID, TensorType], **kwargs: Any
+    ) -> ParamDict:
+        """Back-propagates the (fp16: scaled) losses."""
+        if self._grad_scaler is not None:
+            loss_per_module = {m: self._grad_scaler.scale(v) for m, v in loss_per_module.items()}
+        return super().compute_gradients(loss_per_module, **kwargs)
+
     @override(Learner)
     def postprocess_gradients_for_module(
         self,
@@ -123,6 +210,9 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
         the language loss) are dropped, since the optimizers skip them anyway. The logged norm
         is the one before clipping.
         """
+        if self._grad_scaler is not None:  # clip the true gradients, not the scaled ones
+            for optimizer_name in self._module_optimizers[module_id]:
+                self._grad_scaler.unscale_(self._named_optimizers[optimizer_name])
         gradients = {ref: g for ref, g in module_gradients_dict.items() if g is not None}
         global_norm = compute_global_norm(list(gradients.values()))
         self.metrics.log_value((module_id, GRADIENTS_GLOBAL_NORM_KEY), global_norm, reduce="mean")
@@ -135,7 +225,10 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
         factor = self.warmup_factor()
         for optimizer, base_lr in self._base_lrs.items():
             self._set_optimizer_lr(optimizer, base_lr * factor)
-        super().apply_gradients(gradients_dict)
+        if self._grad_scaler is None:
+            super().apply_gradients(gradients_dict)
+        else:
+            self._apply_scaled_gradients(gradients_dict)
         self._gradient_steps += 1
 
         for module_id, optimizer_names in self._module_optimizers.items():
@@ -145,3 +238,28 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
                 self.metrics.log_value((module_id, f"lr_{short_name}"), lr, window=1)
             self.metrics.log_value((module_id, WARMUP_FACTOR_KEY), factor, window=1)
             self.metrics.log_value((module_id, GRADIENT_STEPS_KEY), self._gradient_steps, window=1)
+
+    def _apply_scaled_gradients(self, gradients_dict: ParamDict) -> None:
+        """fp16: every optimizer steps through the one scaler (skipped on inf/NaN), which then
+        updates its scale once per gradient step (RLlib's scaler path updates per optimizer)."""
+        for param_ref, gradient in gradients_dict.items():
+            self._params[param_ref].grad = gradient
+        for optimizer in self._base_lrs:
+            self._grad_scaler.step(optimizer)
+        self._grad_scaler.update()
+
+
+def use_granted_cpus() -> None:
+    """Sets torch's intra-op threads to the CPUs Ray granted this process (at most its cores).
+
+    Ray pins a worker to ``OMP_NUM_THREADS`` = its CPU request (1 for RLlib's default learner);
+    outside a Ray worker (a learner in the driver) torch keeps its own default.
+    """
+    if not ray.is_initialized():
+        return
+    context = ray.get_runtime_context()
+    if context.worker.mode != ray.WORKER_MODE:
+        return
+    granted = context.get_assigned_resources().get("CPU", 0.0)
+    if granted >= 1:
+        torch.set_num_threads(min(int(granted), os.cpu_count() or 1))

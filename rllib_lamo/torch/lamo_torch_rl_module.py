@@ -29,6 +29,7 @@ from rllib_lamo.language_models import (
     trajectory_hidden_states,
 )
 from rllib_lamo.torch.embeddings import build_action_head, build_token_embedding
+from rllib_lamo.torch.performance import autocast_dtype
 from rllib_lamo.windows import ATTENTION_MASK, RETURNS_TO_GO, TIMESTEPS
 
 # Tokens per environment step: (return-to-go, state, action).
@@ -143,7 +144,15 @@ class LaMoTorchRLModule(TorchRLModule):
                 f"language_model={self.model_config['language_model']!r} has no tokenizer or "
                 "trained LM head (the Decision Transformer baseline): it has no language loss."
             )
-        return language_modeling_loss(self.language_model, input_ids)
+        with self._training_autocast():
+            return language_modeling_loss(self.language_model, input_ids).float()
+
+    def _training_autocast(self) -> torch.autocast:
+        """Autocast per ``model_config["mixed_precision"]`` for training passes (float32 if
+        unset); inference on env runners always runs in float32."""
+        device = self.obs_mean.device
+        dtype = autocast_dtype(self.model_config.get("mixed_precision"), device)
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
     def _state_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Hidden states of the K state tokens, [B, K, H]."""
@@ -186,6 +195,13 @@ class LaMoTorchRLModule(TorchRLModule):
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Predicted actions (linear head: post-tanh) or logits at every position, [B, K, A]."""
         return {Columns.ACTION_DIST_INPUTS: self.action_head(self._state_hidden(batch))}
+
+    @override(TorchRLModule)
+    def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """`_forward` under the configured autocast; outputs return as float32 for the loss."""
+        with self._training_autocast():
+            outputs = self._forward(batch, **kwargs)
+        return {key: value.float() for key, value in outputs.items()}
 
     @override(TorchRLModule)
     def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
