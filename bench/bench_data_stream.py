@@ -107,10 +107,11 @@ def main() -> None:
     parser.add_argument("--before-ref", default="dda30fa", help="commit of the old stream")
     parser.add_argument("--repeats", type=int, default=2, help="paired (before, after) runs")
     parser.add_argument("--batches", type=int, default=30, help="batches timed at ratio 0.005")
+    parser.add_argument("--large", type=Path, default=LARGE, help="the 1M-step dataset folder")
     args = parser.parse_args()
-    large = LARGE if (LARGE / "metadata.json").exists() else SHIPPED
+    large = args.large if (args.large / "metadata.json").exists() else SHIPPED
     if large == SHIPPED:
-        print(f"NOTE: {LARGE} is missing; the ratio-0.005 runs use the 207K-step {SHIPPED.name}.")
+        print(f"NOTE: {args.large} is missing; ratio-0.005 runs use the 207K-step {SHIPPED.name}.")
     with tempfile.TemporaryDirectory() as tmp:
         before_path = export_package(args.before_ref, Path(tmp))
         runs = []
@@ -121,9 +122,7 @@ def main() -> None:
             print(f"load average {os.getloadavg()}: before {before}\n  after {after}")
 
     def median_ratio(key: str, higher_is_better: bool) -> float:
-        ratios = [
-            (a[key] / b[key]) if higher_is_better else (b[key] / a[key]) for b, a in runs
-        ]
+        ratios = [(a[key] / b[key]) if higher_is_better else (b[key] / a[key]) for b, a in runs]
         return statistics.median(ratios)
 
     for before, after in runs:
