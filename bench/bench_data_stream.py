@@ -31,6 +31,8 @@ LARGE = REPO / "datasets" / "hopper-medium-v5-1m"
 MEASURE = r"""
 import json, sys, time
 import ray
+import rllib_lamo
+print("PACKAGE=" + rllib_lamo.__file__, file=sys.stderr)
 ray.init(num_cpus=4, object_store_memory=400 * 1024**2, include_dashboard=False,
          log_to_driver=False)
 from rllib_lamo.lamo import LaMoConfig
@@ -88,16 +90,20 @@ def export_package(ref: str, into: Path) -> Path:
 
 def measure(pythonpath: Path, large: Path, batches: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "RAY_DEDUP_LOGS": "0"}
-    result = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(SHIPPED), str(large), str(batches)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=1800,
-    )
+    with tempfile.TemporaryDirectory() as neutral:  # `python -c` imports from its cwd first
+        result = subprocess.run(
+            [sys.executable, "-c", MEASURE, str(SHIPPED), str(large.resolve()), str(batches)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=neutral,
+            timeout=1800,
+        )
     if result.returncode != 0:
         raise RuntimeError(f"measurement with PYTHONPATH={pythonpath} failed:\n{result.stderr}")
+    package = next(x for x in result.stderr.splitlines() if x.startswith("PACKAGE="))
+    if not package.removeprefix("PACKAGE=").startswith(str(pythonpath)):
+        raise RuntimeError(f"imported {package}, expected the package under {pythonpath}")
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT="))
     return json.loads(line.removeprefix("RESULT="))
 
