@@ -275,6 +275,13 @@ class LaMoConfig(AlgorithmConfig):
         ):
             self.torch_ddp_kwargs = {**self.torch_ddp_kwargs, "find_unused_parameters": True}
 
+    @override(AlgorithmConfig)
+    def to_dict(self) -> dict[str, Any]:
+        """Settings only: the dataset read from `input_` is derived, re-read by each trial."""
+        config = super().to_dict()
+        config.pop("_trajectory_dataset", None)
+        return config
+
     def trajectory_dataset(self) -> TrajectoryDataset:
         """The dataset `input_` names; read once (in `validate()`) and kept with the config."""
         cached = self._trajectory_dataset

@@ -122,7 +122,8 @@ class LaMoOfflineData(OfflineData):
             len(eps_ids),
             subset_seed,
         )
-        return table.filter(pc.is_in(table.column("eps_id"), value_set=pa.array(kept)))
+        kept_ids = pa.array(kept, type=table.schema.field("eps_id").type)
+        return table.filter(pc.is_in(table.column("eps_id"), value_set=kept_ids))
 
     @property
     def epoch(self) -> int:

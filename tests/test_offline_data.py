@@ -172,6 +172,8 @@ def test_the_dataset_is_read_once_and_handed_on(ray_cluster, episode_dataset):
     assert dataset.env_id == "Toy-v0"
     assert dataset.content_hash is None  # the writer records none (yet)
     assert LaMoOfflineData(config).dataset is dataset
+    # Derived state, not a setting: no MLflow param, no stale copy in a checkpoint.
+    assert "_trajectory_dataset" not in config.to_dict()
 
 
 def test_the_dataset_reports_the_content_hash_its_metadata_holds(tmp_path, episode_dataset):
