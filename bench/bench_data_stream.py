@@ -8,7 +8,9 @@ with `git archive` into a temporary folder and imported from there by a fresh in
 - the epoch-boundary stall: how long the first batch of epochs 2..6 took to arrive (median),
   on the shipped hopper-medium-v5 at `data_ratio` 0.1 (the README example's setting);
 - data-stream steps/s (batches of 64 windows, K 20, per second, boundaries included) at
-  `data_ratio` 0.005 of a 1M-step Hopper set, and the time to set the data up.
+  `data_ratio` 0.005 of a 1M-step Hopper set, and the time to set the data up;
+- training steps/s there (a whole `train()` iteration after a first one, with the tiny
+  random GPT-2, so that the data path is what differs).
 Ratios are after/before (or before/after for times) of paired runs, with the load average.
 """
 
@@ -51,7 +53,7 @@ def timed_batch(data):
     data.sample(64)
     return time.perf_counter() - started
 
-stall_path, large_path, batches = sys.argv[1], sys.argv[2], int(sys.argv[3])
+stall_path, large_path, batches, train_steps = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:5])
 data, _ = offline_data(stall_path, 0.1)
 first_batch_s = {}
 while data.epoch < 7:
@@ -67,14 +69,25 @@ epochs_before = data.epoch
 for _ in range(batches):
     data.sample(64)
 stream_s = time.perf_counter() - started
+data.close()
+# Whole training iterations with a tiny LM, so that the data path is what differs.
+algo = (LaMoConfig().offline_data(input_=large_path, dataset_num_iters_per_learner=train_steps)
+        .training(language_model="tiny-gpt2", context_len=20, train_batch_size_per_learner=64,
+                  data_ratio=0.005, language_loss_coeff=0.0)
+        .debugging(seed=0)).build_algo()
+algo.train()  # the first iteration also pays for one-time warm-up
+started = time.perf_counter()
+algo.train()
+train_s = time.perf_counter() - started
+algo.stop()
 print("RESULT=" + json.dumps({
+    "train_steps_per_s": train_steps / train_s,
     "first_batch_s": [first_batch_s[e] for e in sorted(first_batch_s)],
     "setup_s": setup_s,
     "steps_per_s": batches / stream_s,
     "epochs": data.epoch - epochs_before,
     "num_steps": data.summary.num_steps,
 }))
-data.close()
 ray.shutdown()
 """
 
@@ -88,11 +101,19 @@ def export_package(ref: str, into: Path) -> Path:
     return into
 
 
-def measure(pythonpath: Path, large: Path, batches: int) -> dict:
+def measure(pythonpath: Path, large: Path, batches: int, train_steps: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "RAY_DEDUP_LOGS": "0"}
     with tempfile.TemporaryDirectory() as neutral:  # `python -c` imports from its cwd first
         result = subprocess.run(
-            [sys.executable, "-c", MEASURE, str(SHIPPED), str(large.resolve()), str(batches)],
+            [
+                sys.executable,
+                "-c",
+                MEASURE,
+                str(SHIPPED),
+                str(large.resolve()),
+                str(batches),
+                str(train_steps),
+            ],
             capture_output=True,
             text=True,
             env=env,
@@ -113,6 +134,7 @@ def main() -> None:
     parser.add_argument("--before-ref", default="dda30fa", help="commit of the old stream")
     parser.add_argument("--repeats", type=int, default=2, help="paired (before, after) runs")
     parser.add_argument("--batches", type=int, default=30, help="batches timed at ratio 0.005")
+    parser.add_argument("--train-steps", type=int, default=10, help="timed gradient steps")
     parser.add_argument("--large", type=Path, default=LARGE, help="the 1M-step dataset folder")
     args = parser.parse_args()
     large = args.large if (args.large / "metadata.json").exists() else SHIPPED
@@ -122,8 +144,8 @@ def main() -> None:
         before_path = export_package(args.before_ref, Path(tmp))
         runs = []
         for _ in range(args.repeats):
-            before = measure(before_path, large, args.batches)
-            after = measure(REPO, large, args.batches)
+            before = measure(before_path, large, args.batches, args.train_steps)
+            after = measure(REPO, large, args.batches, args.train_steps)
             runs.append((before, after))
             print(f"load average {os.getloadavg()}: before {before}\n  after {after}")
 
@@ -140,6 +162,7 @@ def main() -> None:
         ("first_batch_s", "first batch of epochs 2-6, median s", False),
         ("setup_s", "data setup (read, subset, statistics) s", False),
         ("steps_per_s", "data-stream steps/s at data_ratio 0.005", True),
+        ("train_steps_per_s", "training steps/s, tiny-gpt2, data_ratio 0.005", True),
     ):
         befores = statistics.median(b[key] for b, _ in runs)
         afters = statistics.median(a[key] for _, a in runs)
