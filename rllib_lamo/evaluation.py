@@ -376,4 +376,3 @@ def evaluate_checkpoint(
     finally:
         group.stop()
     return metrics
-

@@ -38,8 +38,17 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 
 from rllib_lamo.checkpoints import check_checkpoint_folder, restore_offline
 from rllib_lamo.connectors.decision_context import decision_context_connector
+from rllib_lamo.data.dataset import TrajectoryDataset, dataset_folder
 from rllib_lamo.evaluation import evaluate_target_returns, target_key
-from rllib_lamo.offline_data import LaMoOfflineData, dataset_folder
+from rllib_lamo.iteration_times import (
+    DATA_S,
+    EVALUATION_S,
+    ITERATION_S,
+    LEARNER_S,
+    STEPS_PER_S,
+    WINDOWS_PER_S,
+)
+from rllib_lamo.offline_data import LaMoOfflineData
 from rllib_lamo.scores import PAPER_SCORE_KEY, TargetScore, paper_score, target_scores
 
 EMBEDDING_KINDS = ("mlp", "linear")
@@ -127,6 +136,8 @@ class LaMoConfig(AlgorithmConfig):
         self.materialize_data = False
         self.materialize_mapped_data = False
         self.evaluation_duration_unit = "episodes"
+        # What `input_` names, read once by `validate()` and handed to the offline data.
+        self._trajectory_dataset: TrajectoryDataset | None = None
 
     @override(AlgorithmConfig)
     def training(
@@ -334,19 +345,30 @@ class LaMoConfig(AlgorithmConfig):
         ):
             self.torch_ddp_kwargs = {**self.torch_ddp_kwargs, "find_unused_parameters": True}
 
+    @override(AlgorithmConfig)
+    def to_dict(self) -> dict[str, Any]:
+        """Settings only: the dataset read from `input_` is derived, re-read by each trial."""
+        config = super().to_dict()
+        config.pop("_trajectory_dataset", None)
+        return config
+
+    def trajectory_dataset(self) -> TrajectoryDataset:
+        """The dataset `input_` names; read once (in `validate()`) and kept with the config."""
+        cached = self._trajectory_dataset
+        if cached is not None and cached.folder == dataset_folder(self.input_):
+            return cached
+        dataset = TrajectoryDataset.read(self.input_)
+        if not self._is_frozen:
+            self._trajectory_dataset = dataset
+        return dataset
+
     def _spaces_from_dataset_if_unset(self) -> None:
         """Training needs no env: without one, the dataset's metadata names the spaces."""
-        if self.observation_space is not None and self.action_space is not None:
-            return
         if not self.input_ or self.input_ == "sampler":
             return
-        from rllib_lamo.data.shards import read_metadata, space_from_dict
-
-        metadata = read_metadata(dataset_folder(self.input_))
-        self.observation_space = self.observation_space or space_from_dict(
-            metadata["observation_space"]
-        )
-        self.action_space = self.action_space or space_from_dict(metadata["action_space"])
+        dataset = self.trajectory_dataset()
+        self.observation_space = self.observation_space or dataset.observation_space
+        self.action_space = self.action_space or dataset.action_space
 
 
 class LaMo(Algorithm):
@@ -402,6 +424,9 @@ class LaMo(Algorithm):
         self._latest_evaluation: dict[str, Any] | None = None
         # Every evaluation's per-target scores, for the paper's last-N mean (kept in the state).
         self._score_history: list[list[TargetScore]] = []
+        # This iteration's own times (see `iteration_times`), added to its result in `step()`.
+        self._training_times: dict[str, float] = {}
+        self._evaluation_s = 0.0
 
     def _check_dataset_fits_env(self) -> None:
         """A dataset recorded on another env must fail here, not deep inside a rollout."""
@@ -415,10 +440,10 @@ class LaMo(Algorithm):
         ):
             if dataset_space.shape != env_space.shape or type(dataset_space) is not type(env_space):
                 raise ValueError(
-                    f"{data.dataset_path}/metadata.json: {field} is {dataset_space}, but the "
+                    f"{data.dataset.folder}/metadata.json: {field} is {dataset_space}, but the "
                     f"evaluation env {self.config.env!r} has {env_space}. Train on a dataset "
                     "recorded on this env, or set `env` to the dataset's env "
-                    f"({data.metadata.get('env_id')!r})."
+                    f"({data.dataset.env_id!r})."
                 )
 
     def _set_observation_normalisation(self, mean: list[float], std: list[float]) -> None:
@@ -444,6 +469,7 @@ class LaMo(Algorithm):
         config = self.config
         num_steps = config.dataset_num_iters_per_learner
         global_batch = config.train_batch_size_per_learner * max(1, config.num_learners)
+        started = time.perf_counter()
         with self.metrics.log_time((TIMERS, OFFLINE_SAMPLING_TIMER)):
             # A learner group shards a batch into contiguous pieces, one per learner: stacking
             # the steps' batches learner-major gives each learner its own windows per step.
@@ -452,7 +478,7 @@ class LaMo(Algorithm):
         self.metrics.log_value(
             NUM_ENV_STEPS_SAMPLED_LIFETIME, global_batch * num_steps, reduce="lifetime_sum"
         )
-        started = time.perf_counter()
+        sampled = time.perf_counter()
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             learner_results = self.learner_group.update(
                 batch=training_batch,
@@ -465,10 +491,14 @@ class LaMo(Algorithm):
                     )
                 },
             )
+        updated = time.perf_counter()
         self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
-        self.metrics.log_value(
-            "windows_per_s", global_batch * num_steps / (time.perf_counter() - started), window=1
-        )
+        self._training_times = {
+            DATA_S: sampled - started,
+            LEARNER_S: updated - sampled,
+            STEPS_PER_S: num_steps / (updated - started),
+            WINDOWS_PER_S: global_batch * num_steps / (updated - started),
+        }
         self.metrics.log_value("data_epoch", self.offline_data.epoch, window=1)
 
     @override(Algorithm)
@@ -478,7 +508,9 @@ class LaMo(Algorithm):
         The paper's score (`scores.paper_score`, under ``scores.PAPER_SCORE_KEY``) averages
         each target over the last `paper_score_last_n_evals` evaluations, then takes the best.
         """
+        started = time.perf_counter()
         results = super().evaluate(*args, **kwargs)
+        self._evaluation_s += time.perf_counter() - started
         best = results.get("best") if results else None
         if best:
             key = "normalised_score" if "normalised_score" in best else "return"
@@ -499,9 +531,18 @@ class LaMo(Algorithm):
 
     @override(Algorithm)
     def step(self) -> ResultDict:
-        """Every result carries the latest evaluation (RLlib's own turns to NaN between them)."""
+        """Adds the latest evaluation (RLlib's turns to NaN between them) and the times.
+
+        The times (see `iteration_times`) split this iteration into data, learner, evaluation.
+        """
+        started = time.perf_counter()
+        self._evaluation_s = 0.0
         evaluations_before = self._latest_evaluation
         results = super().step()
+        results.update(
+            self._training_times,
+            **{EVALUATION_S: self._evaluation_s, ITERATION_S: time.perf_counter() - started},
+        )
         if self._latest_evaluation is not None and self._latest_evaluation is evaluations_before:
             results[EVALUATION_RESULTS] = copy.deepcopy(self._latest_evaluation)
         return results

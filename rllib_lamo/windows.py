@@ -9,6 +9,7 @@ length, as in DT and LaMo) and left-padded with an attention mask. No per-timest
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +32,11 @@ WINDOW_COLUMNS = (OBS, ACTIONS, RETURNS_TO_GO, TIMESTEPS, ATTENTION_MASK)
 
 @dataclass
 class EpisodeBlock:
-    """Several episodes laid end to end: per-step arrays plus where each episode starts."""
+    """Several episodes laid end to end: per-step arrays plus where each episode starts.
+
+    The per-step index arrays are computed on first use and kept: a block that serves many
+    batches (a whole dataset held in memory) pays for them once, not once per batch.
+    """
 
     obs: np.ndarray  # [N, obs_dim] float32
     actions: np.ndarray  # [N, act_dim] float32 or [N] int64
@@ -43,9 +48,14 @@ class EpisodeBlock:
     def num_steps(self) -> int:
         return int(self.rewards.shape[0])
 
-    @property
+    @cached_property
     def episode_of_step(self) -> np.ndarray:
         return np.repeat(np.arange(len(self.lengths)), self.lengths)
+
+    @cached_property
+    def step_returns_to_go(self) -> np.ndarray:
+        """[N] float64: the return from each step to the end of its episode."""
+        return returns_to_go(self.rewards, self.lengths)
 
 
 def _flat_values(column: pa.ChunkedArray | pa.Array, depth: int) -> np.ndarray:
@@ -110,7 +120,7 @@ def sample_windows(
     mask = steps >= window_starts[:, None]
     steps = np.where(mask, steps, window_starts[:, None])
 
-    rtg = returns_to_go(block.rewards, block.lengths)[steps] / rtg_scale
+    rtg = block.step_returns_to_go[steps] / rtg_scale
     timesteps = np.minimum(steps - block.starts[episode][:, None], max_ep_len - 1)
     obs = block.obs[steps]
     actions = block.actions[steps]

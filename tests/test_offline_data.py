@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from rllib_lamo.data.format import Episode
+from rllib_lamo.data.format import Episode, iter_shard_tables
+from rllib_lamo.data.testing import write_toy_dataset
 from rllib_lamo.data.writer import write_dataset
 from rllib_lamo.lamo import LaMoConfig
 from rllib_lamo.offline_data import LaMoOfflineData
@@ -100,3 +104,99 @@ def test_epochs_resample_windows(ray_cluster, episode_dataset):
     assert not np.array_equal(
         first_epoch["default_policy"]["obs"], second_epoch["default_policy"]["obs"]
     )
+
+
+def test_batches_do_not_depend_on_the_batch_size_of_other_calls(ray_cluster, episode_dataset):
+    """Batch i is a function of (seed, i): resuming needs nothing but the count."""
+    data = make_offline_data(episode_dataset)
+    data.sample(16), data.sample(8)
+    third = data.sample(16)["default_policy"]["obs"]
+    resumed = make_offline_data(episode_dataset)
+    resumed.set_state({**data.get_state(), "batches_served": 2})
+    np.testing.assert_array_equal(resumed.sample(16)["default_policy"]["obs"], third)
+
+
+def shard_of_each_step(path: str) -> dict[bytes, str]:
+    """Maps every step's observation (bytes) to the shard file that holds its episode."""
+    owner = {}
+    for shard, table in iter_shard_tables(path, columns=["obs"]):
+        for episode in table.column("obs").to_pylist():
+            for obs in episode:
+                owner[np.asarray(obs, np.float32).tobytes()] = shard
+    return owner
+
+
+def test_consecutive_batches_draw_from_many_shards(ray_cluster, tmp_path):
+    """Shards can be ordered (medium-replay, medium-expert): no batch may come from one."""
+    path = tmp_path / "many-shards"
+    write_toy_dataset(path, num_episodes=80, max_steps_per_shard=150, seed=4)
+    owner = shard_of_each_step(str(path))
+    num_shards = len(set(owner.values()))
+    assert num_shards >= 8
+    data = make_offline_data(str(path))
+    seen_in_three = set()
+    for index in range(12):
+        # The last slot of a window always holds a real step.
+        last_obs = data.sample(16)["default_policy"]["obs"][:, -1]
+        shards = {owner[obs.tobytes()] for obs in last_obs}
+        assert len(shards) >= num_shards // 2, f"batch {index} draws from {len(shards)} shards"
+        seen_in_three |= shards
+        if index % 3 == 2:
+            assert len(seen_in_three) >= num_shards - 1
+            seen_in_three = set()
+
+
+def test_subset_windows_come_only_from_the_kept_episodes(ray_cluster, episode_dataset):
+    from rllib_lamo.data.subsets import subset_ids_for_dataset
+
+    kept = set(subset_ids_for_dataset(episode_dataset, 0.25, seed=1))
+    owner = {}
+    for _shard, table in iter_shard_tables(episode_dataset, columns=["eps_id", "obs"]):
+        for eps_id, episode in zip(*table.to_pydict().values(), strict=True):
+            for obs in episode:
+                owner[np.asarray(obs, np.float32).tobytes()] = eps_id
+    data = make_offline_data(episode_dataset, data_ratio=0.25, data_subset_seed=1)
+    drawn = {
+        owner[obs.tobytes()]
+        for _ in range(20)
+        for obs in data.sample(16)["default_policy"]["obs"][:, -1]
+    }
+    assert drawn <= kept and len(drawn) > len(kept) // 2
+
+
+def test_the_dataset_is_read_once_and_handed_on(ray_cluster, episode_dataset):
+    config = LaMoConfig().offline_data(input_=episode_dataset).training(context_len=4)
+    config.validate()
+    dataset = config.trajectory_dataset()
+    assert dataset.folder == episode_dataset
+    assert dataset.observation_space == OBS_SPACE and dataset.action_space == ACT_SPACE
+    assert dataset.env_id == "Toy-v0"
+    assert dataset.content_hash is None  # the writer records none (yet)
+    assert LaMoOfflineData(config).dataset is dataset
+    # Derived state, not a setting: no MLflow param, no stale copy in a checkpoint.
+    assert "_trajectory_dataset" not in config.to_dict()
+
+
+def test_the_dataset_reports_the_content_hash_its_metadata_holds(tmp_path, episode_dataset):
+    from rllib_lamo.data.dataset import TrajectoryDataset
+
+    copy = tmp_path / "hashed"
+    shutil.copytree(episode_dataset, copy)
+    metadata = json.loads((copy / "metadata.json").read_text())
+    (copy / "metadata.json").write_text(json.dumps({**metadata, "content_hash": "blake2b:abc"}))
+    shards = sorted(str(p) for p in copy.glob("*.parquet"))
+    assert TrajectoryDataset.read(shards).folder == str(copy)
+    assert TrajectoryDataset.read(str(copy)).content_hash == "blake2b:abc"
+
+
+def test_a_prelearner_class_is_refused_not_ignored(ray_cluster, episode_dataset):
+    from ray.rllib.offline.offline_prelearner import OfflinePreLearner
+
+    config = (
+        LaMoConfig()
+        .offline_data(input_=episode_dataset, prelearner_class=OfflinePreLearner)
+        .training(context_len=4)
+    )
+    config.validate()
+    with pytest.raises(ValueError, match="prelearner_class"):
+        LaMoOfflineData(config)

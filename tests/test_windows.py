@@ -6,7 +6,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rllib_lamo.offline_prelearner import LaMoPreLearner
 from rllib_lamo.windows import (
     BOX_ACTION_PAD,
     EpisodeBlock,
@@ -126,22 +125,3 @@ def test_windows_cover_episodes_in_proportion_to_length():
     )
     share_of_long = (windows["returns_to_go"][:, 0] > 0).mean()
     assert abs(share_of_long - 0.9) < 0.02
-
-
-def test_prelearner_is_reproducible_per_epoch_and_resamples_across_epochs():
-    table = as_table(random_episodes(np.random.default_rng(5), [30, 40, 50]))
-    kwargs = dict(
-        obs_dim=OBS_DIM,
-        discrete_actions=False,
-        context_len=5,
-        rtg_scale=1.0,
-        max_ep_len=100,
-        seed=7,
-        windows_per_step=0.2,
-    )
-    first = LaMoPreLearner(epoch=0, **kwargs)(table)
-    again = LaMoPreLearner(epoch=0, **kwargs)(table)
-    next_epoch = LaMoPreLearner(epoch=1, **kwargs)(table)
-    assert first["default_policy/obs"].shape == (24, 5, OBS_DIM)
-    np.testing.assert_array_equal(first["default_policy/obs"], again["default_policy/obs"])
-    assert not np.array_equal(first["default_policy/obs"], next_epoch["default_policy/obs"])
