@@ -51,9 +51,9 @@ class PretrainConfig:
     n_positions: int = 512
     block_len: int = 512
     batch_size: int = 4
-    steps: int = 40
+    steps: int = 1200
     learning_rate: float = 3e-3
-    warmup_steps: int = 4
+    warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0

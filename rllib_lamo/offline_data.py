@@ -29,8 +29,9 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.offline.offline_data import OfflineData
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
-from rllib_lamo.data.shards import space_to_dict, validate_episode_batch
+from rllib_lamo.data.format import space_to_dict
 from rllib_lamo.data.subsets import subset_episode_ids
+from rllib_lamo.data.validation import validate_episode_batch
 from rllib_lamo.windows import EpisodeBlock, episode_block_from_arrow, sample_windows
 
 logger = logging.getLogger(__name__)

@@ -75,8 +75,9 @@ def test_shipped_english_lm_predicts_held_out_articles_far_better_than_uniform(o
     random_init, _ = load_language_model(PACKAGED_TINY_ENGLISH, pretrained=False)
     blocks = held_out_blocks(tokenizer, held_out, block_len=256, num_blocks=4)
     uniform = math.log(len(tokenizer))
-    # 1 nat below uniform: the right token is e times likelier than a uniform guess.
-    assert evaluate_blocks(pretrained, tokenizer, blocks)["loss"] < uniform - 1.0
+    # 2.5 nats below uniform: the right token is ~12 times likelier than a uniform guess
+    # (the shipped model measures ~3.0 below on these articles).
+    assert evaluate_blocks(pretrained, tokenizer, blocks)["loss"] < uniform - 2.5
     # The same architecture untrained is no better than uniform guessing.
     assert evaluate_blocks(random_init, tokenizer, blocks)["loss"] > uniform - 0.5
     assert type(random_init) is type(pretrained)

@@ -11,7 +11,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from rllib_lamo.data.shards import read_metadata, space_from_dict
+from rllib_lamo.data.format import read_metadata, space_from_dict
 
 
 @dataclass(frozen=True)
