@@ -42,6 +42,21 @@ def test_yaml_experiment_resolves_paths_and_applies_overrides(bc_workdir: Path) 
     assert issubclass(spec.trainable, BC) and issubclass(spec.trainable, OfflineRestoreMixin)
 
 
+def test_inputs_in_a_grid_search_are_each_made_absolute(bc_workdir: Path) -> None:
+    # Tune runs each trial in its own folder: a relative dataset path in a grid must not stay
+    # relative (a study over data ratios failed with FileNotFoundError inside every trial).
+    path = write_yaml(
+        bc_workdir / "bc.yaml", bc_experiment(input_={"grid_search": ["data/cartpole", "data"]})
+    )
+    (spec,) = load_experiments(path)
+    assert spec.config.input_ == {
+        "grid_search": [str(bc_workdir / "data" / "cartpole"), str(bc_workdir / "data")]
+    }
+    missing = write_yaml(bc_workdir / "m.yaml", bc_experiment(input_={"grid_search": ["nope"]}))
+    with pytest.raises(ExperimentError, match="input_ path not found: nope"):
+        load_experiments(missing)
+
+
 def test_one_file_may_hold_several_experiments(bc_workdir: Path) -> None:
     first = bc_experiment()["cartpole-bc"]
     second = first | {"config": first["config"] | {"lr": 1e-3}}

@@ -514,6 +514,11 @@ def _check_experiment_name(name: Any, where: str) -> None:
 def _absolute_inputs(value: Any, base: Path, where: str) -> Any:
     if isinstance(value, list):
         return [_absolute_inputs(item, base, where) for item in value]
+    if isinstance(value, dict) and set(value) == {"grid_search"}:
+        # Each grid point is one trial's input: resolve every one before trials change folder.
+        return {
+            "grid_search": [_absolute_inputs(item, base, where) for item in value["grid_search"]]
+        }
     if not isinstance(value, str) or is_uri(value) or value in NON_PATH_INPUTS:
         return value
     resolved = (base / value).resolve()

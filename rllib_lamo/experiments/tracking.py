@@ -305,7 +305,8 @@ class LaMoMLflowCallback(MLflowLoggerCallback):
                     if self.video_every:
                         self.log_videos(run_id, local_dir, Path(trial.checkpoint.path).name)
                     log_policy_model(run_id, local_dir, self.register_model)
-        super().log_trial_end(trial, failed)
+            # A trial that failed before its first result has no MLflow run to end.
+            super().log_trial_end(trial, failed)
 
     def _log_learning_curve(self, run_id: str) -> None:
         figure = learning_curve_figure(metric_histories(self.client, run_id))
