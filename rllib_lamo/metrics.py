@@ -19,6 +19,7 @@ from rllib_lamo.iteration_times import WINDOWS_PER_S as WINDOWS_PER_S
 from rllib_lamo.scores import PAPER_SCORE as PAPER_SCORE
 from rllib_lamo.scores import PAPER_SCORE_KEY as PAPER_SCORE_KEY
 from rllib_lamo.scores import PAPER_SCORE_LAST_N as PAPER_SCORE_LAST_N
+from rllib_lamo.scores import PAPER_SCORE_METRIC as PAPER_SCORE_METRIC
 from rllib_lamo.scores import PAPER_SCORE_NUM_EVALUATIONS as PAPER_SCORE_NUM_EVALUATIONS
 from rllib_lamo.scores import PAPER_SCORE_PER_TARGET as PAPER_SCORE_PER_TARGET
 from rllib_lamo.scores import PAPER_SCORE_STD as PAPER_SCORE_STD
