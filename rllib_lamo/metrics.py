@@ -7,6 +7,24 @@ section). Plain strings, so that reading them imports no Ray.
 
 from __future__ import annotations
 
+# Re-exported from the modules that define them (both import nothing heavy): this iteration's
+# wall-time split and throughput (top level of a result), and the paper's reported number
+# (``evaluation/paper_score/<field>``).
+from rllib_lamo.iteration_times import DATA_S as DATA_S
+from rllib_lamo.iteration_times import EVALUATION_S as EVALUATION_S
+from rllib_lamo.iteration_times import ITERATION_S as ITERATION_S
+from rllib_lamo.iteration_times import LEARNER_S as LEARNER_S
+from rllib_lamo.iteration_times import STEPS_PER_S as STEPS_PER_S
+from rllib_lamo.iteration_times import WINDOWS_PER_S as WINDOWS_PER_S
+from rllib_lamo.scores import PAPER_SCORE as PAPER_SCORE
+from rllib_lamo.scores import PAPER_SCORE_KEY as PAPER_SCORE_KEY
+from rllib_lamo.scores import PAPER_SCORE_LAST_N as PAPER_SCORE_LAST_N
+from rllib_lamo.scores import PAPER_SCORE_METRIC as PAPER_SCORE_METRIC
+from rllib_lamo.scores import PAPER_SCORE_NUM_EVALUATIONS as PAPER_SCORE_NUM_EVALUATIONS
+from rllib_lamo.scores import PAPER_SCORE_PER_TARGET as PAPER_SCORE_PER_TARGET
+from rllib_lamo.scores import PAPER_SCORE_STD as PAPER_SCORE_STD
+from rllib_lamo.scores import PAPER_SCORE_TARGET as PAPER_SCORE_TARGET
+
 # RLlib's result sections and default module ID (ray.rllib.utils.metrics, ray.rllib.core).
 LEARNER_RESULTS = "learners"
 EVALUATION_RESULTS = "evaluation"
@@ -23,12 +41,17 @@ LR_HEADS_KEY = "lr_heads"
 WARMUP_FACTOR_KEY = "warmup_factor"
 GRADIENT_STEPS_KEY = "gradient_steps"
 GRADIENTS_GLOBAL_NORM_KEY = "gradients_global_norm"
+# The learner's throughput: `rllib_lamo.torch.performance`'s keys (it imports torch), spelled
+# here too so that reading results needs no torch; tests/test_metrics.py keeps them equal.
+GRADIENT_STEPS_PER_S_KEY = "gradient_steps_per_s"
+TOKENS_PER_S_KEY = "tokens_per_s"
+ACHIEVED_TFLOPS_KEY = "achieved_tflops"
+MFU_KEY = "mfu"
 # RLlib's own, for algorithms that are not LaMo.
 DEFAULT_OPTIMIZER_LR_KEY = "default_optimizer_learning_rate"
 DATASET_ITERS_TRAINED_KEY = "dataset_num_iters_trained_lifetime"
 
-# Top-level results of a LaMo iteration.
-WINDOWS_PER_S = "windows_per_s"
+# Tune's top-level timing of every trainable.
 TIME_THIS_ITER_S = "time_this_iter_s"
 TIME_TOTAL_S = "time_total_s"
 TRAINING_ITERATION = "training_iteration"

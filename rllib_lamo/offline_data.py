@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -48,7 +48,6 @@ class DatasetSummary:
     obs_mean: list[float]
     obs_std: list[float]
     return_mean: float
-    return_max: float
 
 
 class LaMoOfflineData(OfflineData):
@@ -176,9 +175,6 @@ class LaMoOfflineData(OfflineData):
         self.windows_served = state.get("windows_served", 0)
         self.seed = state["seed"]
 
-    def summary_dict(self) -> dict[str, Any]:
-        return asdict(self.summary)
-
 
 def _summarise(episodes: EpisodeBlock) -> DatasetSummary:
     """Observation statistics over every step, and episode returns, of the kept episodes."""
@@ -191,7 +187,6 @@ def _summarise(episodes: EpisodeBlock) -> DatasetSummary:
         obs_mean=obs_mean.tolist(),
         obs_std=(np.sqrt(np.square(obs - obs_mean).mean(axis=0)) + 1e-6).tolist(),
         return_mean=float(returns.mean()),
-        return_max=float(returns.max()),
     )
 
 

@@ -27,7 +27,6 @@ ACTIONS = "actions"
 RETURNS_TO_GO = "returns_to_go"
 TIMESTEPS = "timesteps"
 ATTENTION_MASK = "attention_mask"
-WINDOW_COLUMNS = (OBS, ACTIONS, RETURNS_TO_GO, TIMESTEPS, ATTENTION_MASK)
 
 
 @dataclass

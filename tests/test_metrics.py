@@ -8,6 +8,7 @@ from ray.rllib.utils import metrics as rllib_metrics
 
 from rllib_lamo import metrics
 from rllib_lamo.lamo_learner import HEADS_OPTIMIZER, LM_OPTIMIZER
+from rllib_lamo.torch import performance
 
 
 def test_names_match_rllib_and_the_learner() -> None:
@@ -19,6 +20,10 @@ def test_names_match_rllib_and_the_learner() -> None:
     assert metrics.TOTAL_LOSS_KEY == Learner.TOTAL_LOSS_KEY
     assert metrics.LR_LM_KEY == f"lr_{LM_OPTIMIZER}"
     assert metrics.LR_HEADS_KEY == f"lr_{HEADS_OPTIMIZER}"
+    assert metrics.GRADIENT_STEPS_PER_S_KEY == performance.GRADIENT_STEPS_PER_S_KEY
+    assert metrics.TOKENS_PER_S_KEY == performance.TOKENS_PER_S_KEY
+    assert metrics.ACHIEVED_TFLOPS_KEY == performance.ACHIEVED_TFLOPS_KEY
+    assert metrics.MFU_KEY == performance.MFU_KEY
 
 
 def test_flattened_keys() -> None:

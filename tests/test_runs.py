@@ -1,17 +1,39 @@
-"""MLflow runs as we log them: the method rule that names a run's method."""
+"""MLflow runs as we log them: the method rule that names a run's method, and its constants."""
 
 from __future__ import annotations
 
 import pytest
 
+from rllib_lamo.experiments import runs
 from rllib_lamo.experiments.runs import method_of
+
+DT = {"language_model": "dt", "finetune": "full", "embedding": "linear"}
 
 
 @pytest.mark.parametrize(
     ("params", "algorithm", "expected"),
     [
         ({}, "LaMo", "LaMo"),
-        ({"lm_pretrained": "False", "finetune": "full"}, "LaMo", "DT"),
+        (DT | {"language_loss_coeff": "0.0", "lm_pretrained": "True"}, "LaMo", "DT (paper: 3x128)"),
+        (DT | {"embedding": "mlp"}, "LaMo", "DT (paper: 3x128) + MLP embeddings"),
+        ({"lm_pretrained": "False", "finetune": "lora"}, "LaMo", "LaMo arch, random init"),
+        (
+            {"lm_pretrained": "False", "finetune": "full", "language_loss_coeff": "0.0"},
+            "LaMo",
+            "LaMo arch, random init (full fine-tuning, no language loss)",
+        ),
+        ({"language_model": "lamo-tiny-synthetic"}, "LaMo", "LaMo (synthetic pre-training)"),
+        (
+            {"language_model": "lamo-tiny-synthetic", "language_loss_coeff": "0"},
+            None,
+            "LaMo (synthetic pre-training, no language loss)",
+        ),
+        (
+            {"language_model": "lamo-tiny-synthetic", "lm_pretrained": "False"},
+            "LaMo",
+            "LaMo arch, random init",
+        ),
+        ({"language_model": "lamo-tiny-en"}, "LaMo", "LaMo"),
         ({"finetune": "full"}, None, "LaMo (full fine-tuning)"),
         (
             {"finetune": "frozen", "embedding": "linear"},
@@ -25,3 +47,12 @@ from rllib_lamo.experiments.runs import method_of
 )
 def test_method_rule(params: dict, algorithm: str | None, expected: str) -> None:
     assert method_of(params, algorithm) == expected
+
+
+def test_names_match_the_algorithm() -> None:
+    from rllib_lamo import language_models
+    from rllib_lamo.lamo import LaMoConfig
+
+    assert runs.DT_LANGUAGE_MODEL == language_models.DT_BASELINE
+    assert runs.SYNTHETIC_LANGUAGE_MODEL == language_models.TINY_SYNTHETIC
+    assert runs.DEFAULT_PAPER_LAST_N == LaMoConfig().paper_score_last_n_evals

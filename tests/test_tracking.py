@@ -157,26 +157,84 @@ def test_dataset_hash_is_read_from_metadata_not_recomputed(tmp_path: Path) -> No
 def test_evaluation_metrics_are_logged_only_when_evaluation_ran() -> None:
     result = {
         "training_iteration": 3,
-        "windows_per_s": 120.0,
-        "learners": {"default_policy": {"action_loss": 0.5, "lr_heads": 1e-4}},
+        "time_this_iter_s": 5.5,
+        "time_total_s": 20.0,
+        "time_iteration_s": 5.25,
+        "time_data_s": 0.01,
+        "time_learner_s": 4.0,
+        "time_evaluation_s": 1.125,
+        "steps_per_s": 25.0,
+        "windows_per_s": 1600.0,
+        "learners": {
+            "default_policy": {
+                "action_loss": 0.5,
+                "lr_heads": 1e-4,
+                "gradient_steps_per_s": 26.0,
+                "tokens_per_s": 93600.0,
+                "achieved_tflops": 0.5,
+            }
+        },
         "evaluation": {
             "target_3600": {"return_mean": 900.0, "normalised_score_mean": 28.3},
             "best": {"return": 900.0, "normalised_score": 28.3, "target_return": 3600.0},
             "best_so_far": {"normalised_score": 30.1},
+            "paper_score": {
+                "score": 25.5,
+                "std_over_episodes": 4.25,
+                "target_return": 3600.0,
+                "metric": "normalised_score",
+                "num_evaluations": 3,
+                "last_n_evaluations": 8,
+                "per_target": {
+                    "target_3600": {
+                        "score": 25.5,
+                        "std_over_episodes": 4.25,
+                        "num_evaluations": 3,
+                        "num_episodes": 60,
+                        "metric": "normalised_score",
+                    }
+                },
+            },
             "env_runners": {"episode_return_mean": 900.0},
         },
     }
-    assert iteration_metrics(result, evaluated=False) == {
+    training = {
         "action_loss": 0.5,
         "lr_heads": 1e-4,
-        "windows_per_s": 120.0,
+        "time/iteration_s": 5.25,
+        "time/data_s": 0.01,
+        "time/learner_s": 4.0,
+        "time/evaluation_s": 1.125,
+        "time/total_s": 20.0,
+        "throughput/steps_per_s": 25.0,
+        "throughput/windows_per_s": 1600.0,
+        "throughput/gradient_steps_per_s": 26.0,
+        "throughput/tokens_per_s": 93600.0,
+        "throughput/achieved_tflops": 0.5,
     }
+    assert iteration_metrics(result, evaluated=False) == training
     evaluated = iteration_metrics(result, evaluated=True)
-    assert evaluated["eval/target_3600/normalised_score_mean"] == 28.3
-    assert evaluated["eval/best/target_return"] == 3600.0
-    assert evaluated["eval/best_so_far/normalised_score"] == 30.1
-    assert evaluated["eval/episode_return_mean"] == 900.0
-    assert not any("env_runners" in name for name in evaluated)
+    assert evaluated == training | {
+        "eval/target_3600/return_mean": 900.0,
+        "eval/target_3600/normalised_score_mean": 28.3,
+        "eval/target_3600/paper_score": 25.5,
+        "eval/target_3600/paper_score_std_over_episodes": 4.25,
+        "eval/target_3600/paper_score_num_evaluations": 3.0,
+        "eval/best/return": 900.0,
+        "eval/best/normalised_score": 28.3,
+        "eval/best/target_return": 3600.0,
+        "eval/best_so_far/normalised_score": 30.1,
+        "eval/paper_score": 25.5,
+        "eval/paper_score_std_over_episodes": 4.25,
+        "eval/paper_score_target_return": 3600.0,
+        "eval/paper_score_num_evaluations": 3.0,
+        "eval/episode_return_mean": 900.0,
+    }
+    # MFU only where the device's peak is known; other algorithms' iteration time is Tune's.
+    result["learners"]["default_policy"]["mfu"] = 0.41
+    del result["time_iteration_s"]
+    logged = iteration_metrics(result, evaluated=False)
+    assert logged["throughput/mfu"] == 0.41 and logged["time/iteration_s"] == 5.5
 
 
 # ------------------------------------------------------------- a real run, a real server
@@ -197,13 +255,28 @@ def test_run_holds_names_params_tags_and_metrics(tracked_run: dict) -> None:
     client = tracked_run["client"]
     losses = client.get_metric_history(run.info.run_id, "action_loss")
     assert [point.step for point in losses] == [1, 2]
-    for name in ("language_loss", "lr_heads", "windows_per_s", "time_this_iter_s"):
-        assert name in run.data.metrics, name
+    for name in (
+        "language_loss",
+        "lr_heads",
+        "time/iteration_s",
+        "time/data_s",
+        "time/learner_s",
+        "time/evaluation_s",
+        "throughput/steps_per_s",
+        "throughput/windows_per_s",
+        "throughput/tokens_per_s",
+    ):
+        assert len(client.get_metric_history(run.info.run_id, name)) == 2, name
+    assert "throughput/mfu" not in run.data.metrics  # no known peak on a CPU
     for name in (
         "eval/target_100/normalised_score_mean",
         "eval/target_50/return_mean",
         "eval/best/normalised_score",
         "eval/best_so_far/normalised_score",
+        "eval/paper_score",
+        "eval/paper_score_std_over_episodes",
+        "eval/paper_score_num_evaluations",
+        "eval/target_100/paper_score",
     ):
         assert len(client.get_metric_history(run.info.run_id, name)) == 2, name
 

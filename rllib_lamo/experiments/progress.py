@@ -2,9 +2,16 @@
 
 RLlib results are nested dicts of hundreds of entries; Tune's own tables show a few generic
 ones. This prints one row per training iteration with what a Decision-Transformer run is
-judged by: gradient steps, action and language loss, learning rate, and the evaluation's best
-target (return, normalised score), each read from the first of a few candidate keys so that
-any RLlib algorithm gets a useful table and columns show "-" until their metric appears.
+judged by, each read from the first of a few candidate keys so that any RLlib algorithm gets a
+useful table and columns show "-" until their metric appears:
+
+- training: gradient steps, action and language loss, learning rate;
+- this iteration's own wall time split into data, learner and evaluation seconds, and gradient
+  steps per second of training (`rllib_lamo.iteration_times`; RLlib's timers are smoothed);
+- after evaluations: ``final``, this evaluation's best target; ``best``, the best evaluation
+  so far; ``paper n/N``, the paper's reported number (each target's mean over the last N
+  evaluations, then the best target) with the n evaluations it averages so far. Normalised
+  scores where the env has D4RL reference scores, returns otherwise.
 
 It is a `ray.tune.Callback` rather than a legacy `ProgressReporter`, which Tune's default
 output engine ignores. It is pickled with the run's config and prints again on `--resume`.
@@ -28,43 +35,76 @@ HEADER_EVERY_ROWS = 25
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: a title and the flattened result keys to try, in order."""
+    """One table column: a title and the flattened result keys to try, in order.
+
+    With `count_keys` (n, N) the cell appends ``n/N`` (e.g. evaluations averaged of N).
+    """
 
     title: str
     keys: tuple[str, ...]
     width: int
+    count_keys: tuple[str, str] | None = None
+
+    def cell(self, flat_result: Mapping[str, Any]) -> str:
+        value = first_present(flat_result, self.keys)
+        if value is None or self.count_keys is None:
+            return format_number(value)
+        n, total = (format_number(flat_result.get(key)) for key in self.count_keys)
+        return f"{format_number(value)} {n}/{total}"
+
+
+def _evaluation_score(section: str, *fallbacks: str) -> tuple[str, ...]:
+    """A section's normalised score, else its return (envs without D4RL reference scores)."""
+    return (
+        m.evaluation_metric(section, m.NORMALISED_SCORE),
+        m.evaluation_metric(section, m.RETURN),
+        *fallbacks,
+    )
+
+
+def _paper_score(field: str) -> str:
+    return m.evaluation_metric(m.PAPER_SCORE_KEY, field)
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("iter", (m.TRAINING_ITERATION,), 5),
+    Column("iter", (m.TRAINING_ITERATION,), 4),
     Column(
-        "grad steps",
+        "steps",
         (
             m.learner_metric(m.GRADIENT_STEPS_KEY),
             m.learner_metric(m.DATASET_ITERS_TRAINED_KEY, m.ALL_MODULES),
         ),
-        10,
+        6,
     ),
-    Column("action loss", (m.learner_metric(m.ACTION_LOSS_KEY),), 11),
+    Column("act loss", (m.learner_metric(m.ACTION_LOSS_KEY),), 8),
     Column("lang loss", (m.learner_metric(m.LANGUAGE_LOSS_KEY),), 9),
-    Column("total loss", (m.learner_metric(m.TOTAL_LOSS_KEY),), 10),
     Column(
         "lr",
         (m.learner_metric(m.LR_HEADS_KEY), m.learner_metric(m.DEFAULT_OPTIMIZER_LR_KEY)),
-        9,
+        8,
     ),
-    Column("eval return", (m.evaluation_metric(m.BEST, m.RETURN), m.RLLIB_EVALUATION_RETURN), 11),
-    Column("score", (m.evaluation_metric(m.BEST, m.NORMALISED_SCORE),), 7),
-    Column("target", (m.evaluation_metric(m.BEST, m.TARGET_RETURN),), 7),
-    Column("s/iter", (m.TIME_THIS_ITER_S,), 7),
-    Column("total s", (m.TIME_TOTAL_S,), 8),
+    Column("data s", (m.DATA_S,), 6),
+    Column("learn s", (m.LEARNER_S,), 7),
+    Column("eval s", (m.EVALUATION_S,), 6),
+    Column("steps/s", (m.STEPS_PER_S,), 7),
+    Column("final", _evaluation_score(m.BEST, m.RLLIB_EVALUATION_RETURN), 6),
+    Column("best", _evaluation_score(m.BEST_SO_FAR), 6),
+    Column(
+        "paper n/N",
+        (_paper_score(m.PAPER_SCORE),),
+        11,
+        count_keys=(
+            _paper_score(m.PAPER_SCORE_NUM_EVALUATIONS),
+            _paper_score(m.PAPER_SCORE_LAST_N),
+        ),
+    ),
 )
 
 
 def row_cells(result: Mapping[str, Any]) -> list[str]:
     """One table row's cells (without the trial column) for a Tune result."""
     flat = flatten(result)
-    return [format_number(first_present(flat, column.keys)) for column in COLUMNS]
+    return [column.cell(flat) for column in COLUMNS]
 
 
 def format_row(cells: Sequence[str], widths: Sequence[int], trial_width: int) -> str:

@@ -2,23 +2,28 @@
 
     lamo-report --experiment lamo-hopper-medium-cpu --out reports/hopper
     lamo-report --experiment sweep --experiment sweep-dt --tracking-uri http://127.0.0.1:5000 \\
-        --out reports/sweep --final-last 8
+        --out reports/sweep --paper-last-n 4
 
 Rows are task x data ratio x method; each cell is mean ± std over the seeds (runs) of that
-row, of two per-run figures, both normalised scores where the env has D4RL reference scores
-(returns otherwise, and the table says which):
+row, with the number of seeds, of three per-run figures (`rllib_lamo.experiments.runs`), all
+normalised scores where the env has D4RL reference scores (returns otherwise, and the table
+says which):
 
-- final: per target return, the mean of its last ``--final-last N`` evaluations (default 1:
-  the last evaluation; the paper averages the last 20K of 100K steps, i.e. N = 8), then the
-  best target's figure, as the paper reports it;
-- best: the best evaluation of the run (``eval/best/...``, already the best target).
+- paper (the default, the paper's reported number): per target return, the mean over the
+  last N evaluations, then the best target; N = the run's ``paper_score_last_n_evals`` (else
+  8, the paper's last 20K of 100K steps), or ``--paper-last-n``; ``n/N`` says how many
+  evaluations a short run averaged;
+- final: the last evaluation's best target;
+- best: the best evaluation of the run.
 
-Method: `rllib_lamo.experiments.runs.method_of` (the paper's DT baseline, LaMo and its
-ablations, or the algorithm). Task = the env's D4RL task (hopper, ...) or the env id.
+Next to them, the std over evaluation episodes behind each figure, averaged over seeds.
+
+Method: `rllib_lamo.experiments.runs.method_of` (LaMo and its ablations, the paper's DT
+baseline, "LaMo arch, random init", or the algorithm). Task = the env's D4RL task or env id.
 
 Writes ``results.md``, ``results.csv`` (one row per task x ratio x method) and
 ``runs.csv`` (one row per run), plus ``curves_<task>_ratio_<r>.png``: mean learning curves
-(normalised score of the best target per evaluation) per method, with a band of ± std over seeds.
+(each evaluation's best target) per method, with a band of ± std over seeds.
 """
 
 from __future__ import annotations
@@ -38,40 +43,50 @@ from rllib_lamo.experiments.plots import curves_figure
 from rllib_lamo.experiments.runs import NORMALISED, RunSummary, gather_runs, summarise_run
 from rllib_lamo.experiments.store import DEFAULT_STORAGE_PATH, resolve_tracking_uri
 
+FIGURES = ("paper", "final", "best")
+
 
 def table_rows(summaries: Sequence[RunSummary]) -> list[dict[str, Any]]:
-    """One row per (task, data ratio, method): seeds and mean ± std of final and best."""
+    """One row per (task, data ratio, method): seeds, and per figure mean ± std over seeds,
+    the seeds that have it and the mean std over episodes."""
     groups: dict[tuple[str, float, str, str], list[RunSummary]] = defaultdict(list)
     for summary in summaries:
         groups[(summary.task, summary.data_ratio, summary.method, summary.unit)].append(summary)
     rows = []
     for (task, ratio, method, unit), runs in sorted(groups.items()):
+        evaluated = [run for run in runs if run.paper is not None]
         row: dict[str, Any] = {
             "task": task,
             "data_ratio": ratio,
             "method": method,
             "unit": unit,
             "seeds": len(runs),
+            "last_n": _span(run.last_n for run in runs),
+            "paper_evaluations": _span(run.paper_evaluations for run in evaluated),
         }
-        for figure in ("final", "best"):
+        for figure in FIGURES:
             values = [v for run in runs if (v := getattr(run, figure)) is not None]
+            episode_stds = [getattr(run, f"{figure}_episode_std") for run in evaluated]
             row[f"{figure}_mean"] = float(np.mean(values)) if values else None
             row[f"{figure}_std"] = float(np.std(values)) if values else None
             row[f"{figure}_n"] = len(values)
+            row[f"{figure}_episode_std"] = float(np.mean(episode_stds)) if episode_stds else None
         rows.append(row)
     return rows
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], final_last: int) -> str:
-    final = "last evaluation" if final_last == 1 else f"mean of the last {final_last} evaluations"
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = [
-        "| task | data ratio | method | seeds | final | best |",
-        "|---|---|---|---|---|---|",
+        "| task | data ratio | method | seeds | paper | n/N | final | best | "
+        "std over episodes: paper / final / best |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        episode_stds = " / ".join(_number(row[f"{figure}_episode_std"]) for figure in FIGURES)
         lines.append(
             f"| {row['task']} | {row['data_ratio']:g} | {row['method']} | {row['seeds']} | "
-            f"{_mean_std(row, 'final')} | {_mean_std(row, 'best')} |"
+            f"{_mean_std(row, 'paper')} | {row['paper_evaluations'] or '-'}/{row['last_n']} | "
+            f"{_mean_std(row, 'final')} | {_mean_std(row, 'best')} | {episode_stds} |"
         )
     units = sorted({row["unit"] for row in rows})
     unit_text = " and ".join("D4RL normalised score" if u == NORMALISED else u for u in units)
@@ -79,10 +94,14 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], final_last: int) -> str:
         [
             *lines,
             "",
-            f"Figures: {unit_text or 'none'}, mean ± std over seeds. final = best target's "
-            f"{final}; best = best evaluation of the run.",
+            f"Figures: {unit_text or 'none'}, mean ± std over seeds (one run per seed). "
+            "paper = the paper's reported number: per target return, the mean over the last N "
+            "evaluations (n/N: evaluations averaged; fewer than N in short runs), then the best "
+            "target; final = the last evaluation's best target; best = the run's best "
+            "evaluation. Std over episodes: over the evaluation episodes behind each figure, "
+            "mean over seeds.",
             "",
-            "As in the paper's tables (final; one column per method):",
+            "As in the paper's tables (paper's measure; one column per method):",
             "",
             *paper_layout(rows),
         ]
@@ -90,8 +109,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], final_last: int) -> str:
 
 
 def paper_layout(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Task x data ratio rows, one column per method, final scores: the paper's Table 3 shape."""
-    methods = sorted({row["method"] for row in rows}, key=lambda m: (m != "LaMo", m != "DT", m))
+    """Task x data ratio rows, one column per method, the paper's measure: its Table 3 shape."""
+    methods = sorted(
+        {row["method"] for row in rows}, key=lambda m: (m != "LaMo", not m.startswith("DT"), m)
+    )
     cells = {(row["task"], row["data_ratio"], row["method"]): row for row in rows}
     lines = [
         f"| task | ratio | {' | '.join(methods)} |",
@@ -99,7 +120,7 @@ def paper_layout(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
     for task, ratio in sorted({(row["task"], row["data_ratio"]) for row in rows}):
         values = [
-            _mean_std(cells[(task, ratio, method)], "final")
+            _mean_std(cells[(task, ratio, method)], "paper")
             if (task, ratio, method) in cells
             else "-"
             for method in methods
@@ -108,14 +129,14 @@ def paper_layout(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def write_report(summaries: Sequence[RunSummary], out: Path, final_last: int) -> list[Path]:
+def write_report(summaries: Sequence[RunSummary], out: Path) -> list[Path]:
     """Writes the table (Markdown, CSV), the per-run CSV and the curve plots; returns paths."""
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(summaries)
     written = [out / "results.md", out / "results.csv", out / "runs.csv"]
-    written[0].write_text(markdown_table(rows, final_last) + "\n")
+    written[0].write_text(markdown_table(rows) + "\n")
     _write_csv(written[1], rows)
     _write_csv(
         written[2],
@@ -157,11 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the report")
     parser.add_argument(
-        "--final-last",
+        "--paper-last-n",
         type=int,
-        default=1,
         metavar="N",
-        help="final = mean of each target's last N evaluations (default 1: the last one)",
+        help="the paper's measure averages each target's last N evaluations (default: each "
+        "run's paper_score_last_n_evals, else 8)",
     )
     return parser
 
@@ -171,8 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlflow import MlflowClient
 
     args = build_parser().parse_args(argv)
-    if args.final_last < 1:
-        print("lamo-report: error: --final-last must be >= 1", file=sys.stderr)
+    if args.paper_last_n is not None and args.paper_last_n < 1:
+        print("lamo-report: error: --paper-last-n must be >= 1", file=sys.stderr)
         return 2
     # As `rllib train file` picks it: the flag, $MLFLOW_TRACKING_URI, else the default store.
     tracking_uri = resolve_tracking_uri(
@@ -181,11 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = MlflowClient(tracking_uri)
     try:
         runs = gather_runs(client, args.experiments)
-    except LookupError as error:
+        summaries = [summarise_run(run, client, args.paper_last_n) for run in runs]
+    except (LookupError, ValueError) as error:
         print(f"lamo-report: error: {error}", file=sys.stderr)
         return 2
-    summaries = [summarise_run(run, client, args.final_last) for run in runs]
-    written = write_report(summaries, Path(args.out), args.final_last)
+    written = write_report(summaries, Path(args.out))
     print(Path(written[0]).read_text(), end="")
     print(f"lamo-report: {len(runs)} run(s); wrote {', '.join(str(p) for p in written)}")
     return 0
@@ -198,6 +219,18 @@ def _mean_std(row: Mapping[str, Any], figure: str) -> str:
     shortfall = row["seeds"] - row[f"{figure}_n"]
     missing = f" ({shortfall} without evaluation)" if shortfall else ""
     return f"{mean:.1f} ± {std:.1f}{missing}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _span(values: Any) -> str:
+    """``8``, or ``4-8`` where the runs of a row differ."""
+    numbers = sorted(set(values))
+    if not numbers:
+        return ""
+    return str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -13,11 +13,19 @@ What a run holds (`LaMoMLflowCallback`):
 - tags: ``git_commit`` and ``git_dirty`` (of the rllib_lamo source tree, empty when it is
   not a git checkout), ``version.<package>``, ``algorithm``, ``trial_id``, ``trial_path``,
   ``experiment_file`` and the YAML's ``mlflow.tags``;
-- metrics, step = training iteration: `TRAINING_METRICS` every iteration and, on evaluation
+- metrics, step = training iteration: `TRAINING_METRICS` every iteration (losses, learning
+  rates, ``gradient_steps``; ``time/{iteration,data,learner,evaluation,total}_s``, this
+  iteration's own wall-time split; ``throughput/{steps,windows}_per_s`` per second of
+  training, ``throughput/{gradient_steps_per_s,tokens_per_s,achieved_tflops}`` of the
+  learner's step and ``throughput/mfu`` where the device's peak is known) and, on evaluation
   iterations only, ``eval/target_<R>/{return_mean,normalised_score_mean,...}``,
-  ``eval/best/...``, ``eval/best_so_far/...`` and ``eval/episode_return_mean`` (RLlib's own,
-  for BC & co.); RLlib repeats the last evaluation's numbers in later results, and those
-  repeats are not logged;
+  ``eval/best/...`` (final: this evaluation's best target), ``eval/best_so_far/...``, the
+  paper's reported number ``eval/paper_score`` (each target's mean over the last N
+  evaluations, then the best target) with ``eval/paper_score_std_over_episodes``,
+  ``eval/paper_score_target_return``, ``eval/paper_score_num_evaluations`` and per target
+  ``eval/target_<R>/paper_score[_std_over_episodes,_num_evaluations]``, and
+  ``eval/episode_return_mean`` (RLlib's own, for BC & co.); RLlib repeats the last
+  evaluation's numbers in later results, and those repeats are not logged;
 - artifacts: ``config/<experiment file>``, ``config/trial_config.json``,
   ``checkpoints/checkpoint_<n>/`` (LaMo checkpoints hold only the trainable weights),
   ``plots/learning_curve.png`` (redrawn after every evaluation and at the end),
@@ -65,7 +73,7 @@ if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
 LEARNING_CURVE_ARTIFACT = "plots/learning_curve.png"
-# Stable metric name -> the result keys it is read from (first present wins).
+# Stable metric name -> the result keys it is read from (first present wins), every iteration.
 TRAINING_METRICS: dict[str, tuple[str, ...]] = {
     name: (m.learner_metric(name),)
     for name in (
@@ -76,7 +84,29 @@ TRAINING_METRICS: dict[str, tuple[str, ...]] = {
         m.LR_LM_KEY,
         m.GRADIENT_STEPS_KEY,
     )
-} | {name: (name,) for name in (m.WINDOWS_PER_S, m.TIME_THIS_ITER_S, m.TIME_TOTAL_S)}
+} | {
+    # This iteration's own wall time (`rllib_lamo.iteration_times`); Tune's for other algorithms.
+    "time/iteration_s": (m.ITERATION_S, m.TIME_THIS_ITER_S),
+    "time/data_s": (m.DATA_S,),
+    "time/learner_s": (m.LEARNER_S,),
+    "time/evaluation_s": (m.EVALUATION_S,),
+    "time/total_s": (m.TIME_TOTAL_S,),
+    # Per second of training (data + learner), and the learner's own step time.
+    "throughput/steps_per_s": (m.STEPS_PER_S,),
+    "throughput/windows_per_s": (m.WINDOWS_PER_S,),
+    "throughput/gradient_steps_per_s": (m.learner_metric(m.GRADIENT_STEPS_PER_S_KEY),),
+    "throughput/tokens_per_s": (m.learner_metric(m.TOKENS_PER_S_KEY),),
+    "throughput/achieved_tflops": (m.learner_metric(m.ACHIEVED_TFLOPS_KEY),),
+    "throughput/mfu": (m.learner_metric(m.MFU_KEY),),
+}
+# The paper's reported number (`evaluation/paper_score/<field>`) -> ``eval/paper_score<suffix>``;
+# per target as ``eval/target_<R>/paper_score<suffix>``.
+PAPER_SCORE_METRICS = {
+    m.PAPER_SCORE: "",
+    m.PAPER_SCORE_STD: f"_{m.PAPER_SCORE_STD}",
+    m.PAPER_SCORE_TARGET: f"_{m.PAPER_SCORE_TARGET}",
+    m.PAPER_SCORE_NUM_EVALUATIONS: f"_{m.PAPER_SCORE_NUM_EVALUATIONS}",
+}
 # Evaluation sections copied under `eval/`: per-target ones are found by their prefix.
 EVAL_SECTIONS = (m.BEST, m.BEST_SO_FAR)
 VERSIONED_PACKAGES = ("rllib-lamo", "ray", "torch", "transformers", "peft", "gymnasium", "mujoco")
@@ -136,17 +166,39 @@ def iteration_metrics(result: Mapping[str, Any], *, evaluated: bool) -> dict[str
         if (value := first_present(flat, keys)) is not None
     }
     if evaluated:
-        # RLlib's own evaluation figure, the one other algorithms (BC, IQL, ...) have.
-        episode_return = first_present(flat, [m.RLLIB_EVALUATION_RETURN])
-        if episode_return is not None:
-            metrics[f"{EVAL_PREFIX}/{m.EPISODE_RETURN_MEAN}"] = float(episode_return)
-        for key, value in flat.items():
-            section = key.split("/")[1] if key.startswith(f"{m.EVALUATION_RESULTS}/") else ""
-            is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-            if is_number and (section in EVAL_SECTIONS or section.startswith(m.TARGET_PREFIX)):
-                name = key.removeprefix(f"{m.EVALUATION_RESULTS}/")
-                metrics[f"{EVAL_PREFIX}/{name}"] = float(value)
+        metrics.update(evaluation_metrics(result.get(m.EVALUATION_RESULTS) or {}))
     return {name: value for name, value in metrics.items() if np.isfinite(value)}
+
+
+def evaluation_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
+    """An evaluation section under ``eval/``: per target, best, best so far, the paper's."""
+    flat = flatten(evaluation)
+    metrics = {}
+    # RLlib's own evaluation figure, the one other algorithms (BC, IQL, ...) have.
+    episode_return = first_present(flat, [f"{m.ENV_RUNNER_RESULTS}/{m.EPISODE_RETURN_MEAN}"])
+    if episode_return is not None:
+        metrics[f"{EVAL_PREFIX}/{m.EPISODE_RETURN_MEAN}"] = float(episode_return)
+    for key, value in flat.items():
+        section = key.split("/")[0]
+        if _is_real(value) and (section in EVAL_SECTIONS or section.startswith(m.TARGET_PREFIX)):
+            metrics[f"{EVAL_PREFIX}/{key}"] = float(value)
+    paper = evaluation.get(m.PAPER_SCORE_KEY) or {}
+    for target, figures in (paper.get(m.PAPER_SCORE_PER_TARGET) or {}).items():
+        metrics.update(_paper_score_metrics(figures, f"{EVAL_PREFIX}/{target}/{m.PAPER_SCORE_KEY}"))
+    metrics.update(_paper_score_metrics(paper, f"{EVAL_PREFIX}/{m.PAPER_SCORE_KEY}"))
+    return metrics
+
+
+def _paper_score_metrics(figures: Mapping[str, Any], name: str) -> dict[str, float]:
+    return {
+        f"{name}{suffix}": float(figures[field])
+        for field, suffix in PAPER_SCORE_METRICS.items()
+        if _is_real(figures.get(field))
+    }
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def evaluated_this_iteration(result: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
