@@ -76,8 +76,7 @@ ACCEPTED_NAMES = (
     f"'{PACKAGED_SMOLLM2}' or '{PACKAGED_TINY_ENGLISH}' (packaged, work offline), "
     f"'{TINY_SYNTHETIC}' (built once with `lamo-lm pretrain --corpus synthetic`), "
     f"'{DT_BASELINE}' (the original Decision Transformer's 3x128 GPT-2, random init), "
-    "or the random test models "
-    + " / ".join(f"'{name}'" for name in TINY_MODELS)
+    "or the random test models " + " / ".join(f"'{name}'" for name in TINY_MODELS)
 )
 DEFAULT_CACHE_DIR = storage.cache_dir()
 
