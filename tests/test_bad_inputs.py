@@ -1,0 +1,189 @@
+"""Bad inputs, each refused before Ray starts with one line naming the setting or file.
+
+Every case has an id; docs/bad_inputs.md lists each id with its input and message (a test
+below keeps the two in step). None of these tests starts a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_rllib, tiny_lamo_experiment, write_workdir
+
+from rllib_lamo.data.testing import write_toy_dataset
+
+HOPPER = Path(__file__).resolve().parents[1] / "datasets" / "hopper-medium-v5"
+BAD_INPUTS_DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
+
+
+def hopper_config(**training: object):
+    from rllib_lamo.lamo import LaMoConfig
+
+    return (
+        LaMoConfig()
+        .environment("Hopper-v5")
+        .offline_data(input_=str(HOPPER))
+        .training(**{"language_model": "tiny-gpt2", **training})
+    )
+
+
+# -------------------------------------------------------------- LaMoConfig.validate(): settings
+# (case id, training() settings, expected message)
+SETTING_CASES = [
+    ("lora_rank-text", {"lora_rank": "sixteen"}, "`lora_rank` must be an integer >= 1, got 'sixteen' (str)."),
+    ("lora_rank-negative", {"lora_rank": -4}, "`lora_rank` must be an integer >= 1, got -4 (int)."),
+    ("lora_alpha-zero", {"lora_alpha": 0}, "`lora_alpha` must be a number > 0, got 0 (int)."),
+    ("lora_dropout-one", {"lora_dropout": 1.0}, "`lora_dropout` must be a number in [0, 1), got 1.0 (float)."),
+    ("train_batch_size-zero", {"train_batch_size_per_learner": 0}, "`train_batch_size_per_learner` must be an integer >= 1, got 0 (int)."),
+    ("context_len-zero", {"context_len": 0}, "`context_len` must be an integer >= 1, got 0 (int)."),
+    ("data_ratio-zero", {"data_ratio": 0.0}, "`data_ratio` must be a number in (0, 1], got 0.0 (float)."),
+    ("data_ratio-text", {"data_ratio": "0.1"}, "`data_ratio` must be a number in (0, 1], got '0.1' (str)."),
+    ("text_block_len-zero", {"text_block_len": 0}, "`text_block_len` must be an integer >= 1, got 0 (int)."),
+    ("text_batch_size-float", {"text_batch_size": 2.5}, "`text_batch_size` must be an integer >= 1, got 2.5 (float)."),
+    ("warmup_steps-negative", {"warmup_steps": -1}, "`warmup_steps` must be an integer >= 0, got -1 (int)."),
+    ("lr-zero", {"lr": 0.0}, "`lr` must be a number > 0 (LaMo takes no lr schedule), got 0.0 (float)."),
+    ("lm_lr-negative", {"lm_lr": -1e-4}, "`lm_lr` must be a number > 0, got -0.0001 (float)."),
+    ("target_returns-text", {"target_returns": ["high"]}, "`target_returns` must be a non-empty list of numbers, e.g. [3600, 1800], got ['high'] (list)."),
+    ("lm_num_layers-beyond-model", {"lm_num_layers": 5}, "`lm_num_layers` is 5, but language model 'tiny-gpt2' has only 2 transformer blocks: expected an integer in [1, 2] or None (all)."),
+    ("language_model-missing-folder", {"language_model": "./models/missing-lm"}, "`language_model` './models/missing-lm': './models/missing-lm' is not a model directory or .gguf file; accepted:"),
+    ("language_model-unknown-name", {"language_model": "smollm2 135m"}, "`language_model` 'smollm2 135m': Unknown language model 'smollm2 135m'; accepted:"),
+    ("language_model-missing-gguf", {"language_model": "models/lm.gguf"}, "`language_model` 'models/lm.gguf': GGUF file 'models/lm.gguf' does not exist."),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("training", "expected"),
+    [pytest.param(training, expected, id=case) for case, training, expected in SETTING_CASES],
+)
+def test_lamo_settings_are_checked_in_validate(training: dict, expected: str) -> None:
+    config = hopper_config(**training)
+    with pytest.raises(ValueError) as caught:
+        config.validate()
+    first_line = str(caught.value).splitlines()[0]
+    assert first_line.startswith(expected)
+
+
+# ------------------------------------------------------------------ env and dataset agreement
+def _dataset_with(folder: Path, **metadata: object) -> Path:
+    """A copy of the Hopper dataset's metadata.json with fields replaced (no shards needed)."""
+    folder.mkdir(parents=True)
+    document = json.loads((HOPPER / "metadata.json").read_text()) | metadata
+    (folder / "metadata.json").write_text(json.dumps(document))
+    return folder
+
+
+def _walker_labelled_hopper_shaped(tmp_path: Path) -> Path:
+    folder = tmp_path / "walker-labelled"
+    write_toy_dataset(folder, 4, obs_dim=11, act_dim=3, env_id="Walker2d-v5")
+    return folder
+
+
+ENV_CASES = [
+    (
+        "env-unknown-id",
+        lambda tmp_path: (str(HOPPER), "Hoper-v5"),
+        "`env` 'Hoper-v5' is not a registered environment (did you mean 'Hopper-v5'",
+    ),
+    (
+        "dataset-other-env-spaces",
+        lambda tmp_path: (str(HOPPER), "Walker2d-v5"),
+        f"{HOPPER}/metadata.json: observation_space is Box(-inf, inf, (11,), float32), but env "
+        "'Walker2d-v5' has Box(-inf, inf, (17,), float64).",
+    ),
+    (
+        "dataset-other-env-id",
+        lambda tmp_path: (str(_walker_labelled_hopper_shaped(tmp_path)), "Hopper-v5"),
+        "/walker-labelled/metadata.json: env_id is 'Walker2d-v5', but `env` is 'Hopper-v5': "
+        "expected a dataset recorded on hopper (any version), or set `env` to 'Walker2d-v5'.",
+    ),
+    (
+        "dataset-no-episodes",
+        lambda tmp_path: (str(_dataset_with(tmp_path / "empty", num_episodes=0)), "Hopper-v5"),
+        "/empty/metadata.json: num_episodes is 0: the dataset holds no episode to train on.",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("make_inputs", "expected"),
+    [pytest.param(make, expected, id=case) for case, make, expected in ENV_CASES],
+)
+@pytest.mark.parametrize("evaluation", [False, True], ids=["no-eval", "eval"])
+def test_env_and_dataset_must_agree_with_or_without_evaluation(
+    tmp_path: Path, make_inputs, expected: str, evaluation: bool
+) -> None:
+    input_, env = make_inputs(tmp_path)
+    config = hopper_config().environment(env).offline_data(input_=input_)
+    if evaluation:
+        config = config.evaluation(evaluation_interval=1, evaluation_num_env_runners=1)
+    with pytest.raises(ValueError) as caught:
+        config.validate()
+    assert expected in str(caught.value).splitlines()[0]
+
+
+def test_an_older_version_of_the_same_env_is_accepted() -> None:
+    hopper_config().environment("Hopper-v4").validate()
+
+
+# ------------------------------------------------------ the `rllib` command: before Ray starts
+CLI_CASES = [
+    (
+        "cli-lora_rank-text",
+        ["--config", '{"lora_rank": "sixteen"}'],
+        "invalid config: `lora_rank` must be an integer >= 1, got 'sixteen' (str).",
+    ),
+    (
+        "cli-lr-text",
+        ["--config", '{"lr": "fast"}'],
+        "invalid config: `lr` must be a number > 0 (LaMo takes no lr schedule), got 'fast' (str).",
+    ),
+    (
+        "cli-env-unknown",
+        ["--config", '{"env": "Hopper-v55"}'],
+        "invalid config: `env` 'Hopper-v55' is not a registered environment",
+    ),
+    (
+        "cli-dataset-other-env",
+        ["--config", '{"env": "Walker2d-v5", "evaluation_interval": null}'],
+        "metadata.json: observation_space is Box(-inf, inf, (11,), float32), but env "
+        "'Walker2d-v5' has",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "expected"),
+    [pytest.param(args, expected, id=case) for case, args, expected in CLI_CASES],
+)
+def test_the_command_refuses_bad_settings_before_starting_ray(
+    tmp_path: Path, extra_args: list[str], expected: str
+) -> None:
+    write_workdir(tmp_path, {"x": tiny_lamo_experiment()})
+    # Any Ray session the command started would be created under RAY_TMPDIR.
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    completed = run_rllib(
+        "train", "file", "experiments.yaml", *extra_args, cwd=tmp_path, RAY_TMPDIR=str(ray_tmp)
+    )
+    assert completed.returncode == 2, completed.stderr
+    last_line = completed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("rllib: error: experiments.yaml, experiment 'x': ")
+    assert expected in last_line
+    assert "must be a list of tuples" not in completed.stderr
+    assert not list(ray_tmp.rglob("session_*")), "the command started Ray"
+
+
+# -------------------------------------------------------------------------- docs/bad_inputs.md
+def all_case_ids() -> list[str]:
+    return [case for case, *_ in SETTING_CASES + ENV_CASES + CLI_CASES]
+
+
+def test_the_bad_inputs_table_lists_every_case() -> None:
+    table = BAD_INPUTS_DOC.read_text()
+    missing = [case for case in all_case_ids() if f"| `{case}` |" not in table]
+    assert not missing, f"docs/bad_inputs.md lacks {missing}"
