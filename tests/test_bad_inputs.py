@@ -178,9 +178,184 @@ def test_the_command_refuses_bad_settings_before_starting_ray(
     assert not list(ray_tmp.rglob("session_*")), "the command started Ray"
 
 
+# --------------------------------------------------------------- checkpoints and `rllib evaluate`
+MARKER = "crafted-checkpoint-ran-code"
+
+
+class _RunsCodeWhenUnpickled:
+    """A crafted checkpoint class: unpickling it would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def write_checkpoint(folder: Path, class_file: bytes) -> Path:
+    """A checkpoint-shaped folder: every file present, only the class file means anything."""
+    from rllib_lamo.checkpoints import CHECKPOINT_FILES, CLASS_AND_CTOR_ARGS_FILE
+
+    for name in CHECKPOINT_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    (folder / CLASS_AND_CTOR_ARGS_FILE).write_bytes(class_file)
+    return folder
+
+
+def lamo_class_file() -> bytes:
+    import pickle
+
+    from rllib_lamo.lamo import LaMo, LaMoConfig
+
+    state = LaMoConfig().get_state()
+    return pickle.dumps({"class": LaMo, "ctor_args_and_kwargs": ((state,), {})})
+
+
+def crafted_class_file(folder: Path) -> bytes:
+    import pickle
+
+    return pickle.dumps({"class": _RunsCodeWhenUnpickled(folder / MARKER)})
+
+
+def other_class_file() -> bytes:
+    import pickle
+    import subprocess
+
+    return pickle.dumps({"class": subprocess.Popen, "ctor_args_and_kwargs": ((["true"],), {})})
+
+
+CHECKPOINT_CASES = [
+    (
+        "evaluate-empty-folder",
+        lambda folder: folder,
+        "is not a LaMo checkpoint: missing algorithm_state.pkl, class_and_ctor_args.pkl, "
+        "learner_group/learner/state.pkl.",
+    ),
+    (
+        "evaluate-not-a-checkpoint",
+        lambda folder: (folder / "notes.txt").write_text("hello") and folder,
+        "is not a LaMo checkpoint: missing algorithm_state.pkl, class_and_ctor_args.pkl,",
+    ),
+    (
+        "evaluate-truncated-class-file",
+        lambda folder: write_checkpoint(folder, lamo_class_file()[:60]),
+        "/class_and_ctor_args.pkl: not a readable checkpoint class file, truncated or corrupt",
+    ),
+    (
+        "evaluate-foreign-class",
+        lambda folder: write_checkpoint(folder, crafted_class_file(folder)),
+        "/class_and_ctor_args.pkl: the checkpoint's algorithm class is not a class but a call "
+        "of pathlib.Path.touch; expected rllib_lamo.lamo.LaMo. Refusing to unpickle it: "
+        "checkpoints are pickles",
+    ),
+    (
+        "evaluate-other-class",
+        lambda folder: write_checkpoint(folder, other_class_file()),
+        "/class_and_ctor_args.pkl: the checkpoint's algorithm class is subprocess.Popen; "
+        "expected rllib_lamo.lamo.LaMo.",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("make_folder", "expected"),
+    [pytest.param(make, expected, id=case) for case, make, expected in CHECKPOINT_CASES],
+)
+def test_evaluate_refuses_bad_checkpoints_before_starting_ray(
+    tmp_path: Path, make_folder, expected: str
+) -> None:
+    folder = tmp_path / "checkpoint_000001"
+    folder.mkdir()
+    make_folder(folder)
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    completed = run_rllib("evaluate", str(folder), cwd=tmp_path, RAY_TMPDIR=str(ray_tmp))
+    assert completed.returncode == 2, completed.stderr
+    last_line = completed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"rllib: error: {folder}")
+    assert expected in last_line
+    assert not (folder / MARKER).exists(), "the crafted checkpoint ran code"
+    assert not list(ray_tmp.rglob("session_*")), "the command started Ray"
+
+
+def test_our_class_passes_and_a_subclass_pickled_by_value_is_judged_by_its_bases() -> None:
+    from ray import cloudpickle
+
+    from rllib_lamo.checkpoints import checkpoint_algorithm_classes, check_checkpoint_class
+    from rllib_lamo.lamo import LaMo
+
+    check_checkpoint_class("class_and_ctor_args.pkl", lamo_class_file())
+
+    class TuneWrapped(LaMo):  # a local class: cloudpickle writes it by value, as Tune's is
+        pass
+
+    by_value = cloudpickle.dumps({"class": TuneWrapped})
+    assert checkpoint_algorithm_classes(by_value) == ["rllib_lamo.lamo.LaMo"]
+    check_checkpoint_class("class_and_ctor_args.pkl", by_value)
+
+
+def test_evaluate_finds_the_store_train_wrote_by_default(tmp_path: Path) -> None:
+    """The run's checkpoint is fetched from ./ray_results/mlflow.db, then refused (crafted)."""
+    import mlflow
+
+    from rllib_lamo.experiments import store
+
+    database = tmp_path / store.DEFAULT_STORAGE_PATH / store.DEFAULT_DB_FILE
+    database.parent.mkdir()
+    checkpoint = write_checkpoint(tmp_path / "checkpoint_000000", crafted_class_file(tmp_path))
+    mlflow.set_tracking_uri(f"{store.SQLITE_PREFIX}{database}")
+    try:
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(checkpoint), "checkpoints/checkpoint_000000")
+    finally:
+        mlflow.set_tracking_uri(None)
+    uri = f"runs:/{run.info.run_id}/checkpoints/checkpoint_000000"
+    completed = run_rllib("evaluate", uri, cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr
+    assert "the checkpoint's algorithm class is not a class" in completed.stderr
+    assert not (tmp_path / MARKER).exists()
+
+
+MLFLOW_CASES = [
+    (
+        "evaluate-no-default-store",
+        [],
+        "rllib: error: no MLflow store at {tmp}/ray_results/mlflow.db (where `rllib train` writes "
+        "by default): run from the folder you trained in, or pass --mlflow-uri",
+    ),
+    (
+        "evaluate-unknown-run",
+        ["--mlflow-uri", "sqlite:///{tmp}/other.db"],
+        "rllib: error: cannot download runs:/0123456789abcdef/policy:",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "expected"),
+    [pytest.param(args, expected, id=case) for case, args, expected in MLFLOW_CASES],
+)
+def test_evaluate_names_the_mlflow_store_it_looked_in(
+    tmp_path: Path, extra_args: list[str], expected: str
+) -> None:
+    args = [arg.format(tmp=tmp_path) for arg in extra_args]
+    completed = run_rllib("evaluate", "runs:/0123456789abcdef/policy", *args, cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr
+    assert expected.format(tmp=tmp_path) in completed.stderr
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_evaluate_help_says_checkpoints_are_pickles(tmp_path: Path) -> None:
+    completed = run_rllib("evaluate", "--help", cwd=tmp_path)
+    assert "checkpoints and MLflow models are pickles" in " ".join(completed.stdout.split())
+    assert "--mlflow-uri" in completed.stdout
+
+
 # -------------------------------------------------------------------------- docs/bad_inputs.md
 def all_case_ids() -> list[str]:
-    return [case for case, *_ in SETTING_CASES + ENV_CASES + CLI_CASES]
+    cases = SETTING_CASES + ENV_CASES + CLI_CASES + CHECKPOINT_CASES + MLFLOW_CASES
+    return [case for case, *_ in cases]
 
 
 def test_the_bad_inputs_table_lists_every_case() -> None:
