@@ -35,25 +35,100 @@ def hopper_config(**training: object):
 # -------------------------------------------------------------- LaMoConfig.validate(): settings
 # (case id, training() settings, expected message)
 SETTING_CASES = [
-    ("lora_rank-text", {"lora_rank": "sixteen"}, "`lora_rank` must be an integer >= 1, got 'sixteen' (str)."),
-    ("lora_rank-negative", {"lora_rank": -4}, "`lora_rank` must be an integer >= 1, got -4 (int)."),
-    ("lora_alpha-zero", {"lora_alpha": 0}, "`lora_alpha` must be a number > 0, got 0 (int)."),
-    ("lora_dropout-one", {"lora_dropout": 1.0}, "`lora_dropout` must be a number in [0, 1), got 1.0 (float)."),
-    ("train_batch_size-zero", {"train_batch_size_per_learner": 0}, "`train_batch_size_per_learner` must be an integer >= 1, got 0 (int)."),
-    ("context_len-zero", {"context_len": 0}, "`context_len` must be an integer >= 1, got 0 (int)."),
-    ("data_ratio-zero", {"data_ratio": 0.0}, "`data_ratio` must be a number in (0, 1], got 0.0 (float)."),
-    ("data_ratio-text", {"data_ratio": "0.1"}, "`data_ratio` must be a number in (0, 1], got '0.1' (str)."),
-    ("text_block_len-zero", {"text_block_len": 0}, "`text_block_len` must be an integer >= 1, got 0 (int)."),
-    ("text_batch_size-float", {"text_batch_size": 2.5}, "`text_batch_size` must be an integer >= 1, got 2.5 (float)."),
-    ("warmup_steps-negative", {"warmup_steps": -1}, "`warmup_steps` must be an integer >= 0, got -1 (int)."),
-    ("lr-zero", {"lr": 0.0}, "`lr` must be a number > 0 (LaMo takes no lr schedule), got 0.0 (float)."),
-    ("lm_lr-negative", {"lm_lr": -1e-4}, "`lm_lr` must be a number > 0, got -0.0001 (float)."),
-    ("target_returns-text", {"target_returns": ["high"]}, "`target_returns` must be a non-empty list of numbers, e.g. [3600, 1800], got ['high'] (list)."),
-    ("lm_num_layers-beyond-model", {"lm_num_layers": 5}, "`lm_num_layers` is 5, but language model 'tiny-gpt2' has only 2 transformer blocks: expected an integer in [1, 2] or None (all)."),
-    ("language_model-missing-folder", {"language_model": "./models/missing-lm"}, "`language_model` './models/missing-lm': './models/missing-lm' is not a model directory or .gguf file; accepted:"),
-    ("language_model-unknown-name", {"language_model": "smollm2 135m"}, "`language_model` 'smollm2 135m': Unknown language model 'smollm2 135m'; accepted:"),
-    ("language_model-missing-gguf", {"language_model": "models/lm.gguf"}, "`language_model` 'models/lm.gguf': GGUF file 'models/lm.gguf' does not exist."),
-]  # fmt: skip
+    (
+        "lora_rank-text",
+        {"lora_rank": "sixteen"},
+        "`lora_rank` must be an integer >= 1, got 'sixteen' (str).",
+    ),
+    (
+        "lora_rank-negative",
+        {"lora_rank": -4},
+        "`lora_rank` must be an integer >= 1, got -4 (int).",
+    ),
+    (
+        "lora_alpha-zero",
+        {"lora_alpha": 0},
+        "`lora_alpha` must be a number > 0, got 0 (int).",
+    ),
+    (
+        "lora_dropout-one",
+        {"lora_dropout": 1.0},
+        "`lora_dropout` must be a number in [0, 1), got 1.0 (float).",
+    ),
+    (
+        "train_batch_size-zero",
+        {"train_batch_size_per_learner": 0},
+        "`train_batch_size_per_learner` must be an integer >= 1, got 0 (int).",
+    ),
+    (
+        "context_len-zero",
+        {"context_len": 0},
+        "`context_len` must be an integer >= 1, got 0 (int).",
+    ),
+    (
+        "data_ratio-zero",
+        {"data_ratio": 0.0},
+        "`data_ratio` must be a number in (0, 1], got 0.0 (float).",
+    ),
+    (
+        "data_ratio-text",
+        {"data_ratio": "0.1"},
+        "`data_ratio` must be a number in (0, 1], got '0.1' (str).",
+    ),
+    (
+        "text_block_len-zero",
+        {"text_block_len": 0},
+        "`text_block_len` must be an integer >= 1, got 0 (int).",
+    ),
+    (
+        "text_batch_size-float",
+        {"text_batch_size": 2.5},
+        "`text_batch_size` must be an integer >= 1, got 2.5 (float).",
+    ),
+    (
+        "warmup_steps-negative",
+        {"warmup_steps": -1},
+        "`warmup_steps` must be an integer >= 0, got -1 (int).",
+    ),
+    (
+        "lr-zero",
+        {"lr": 0.0},
+        "`lr` must be a number > 0 (LaMo takes no lr schedule), got 0.0 (float).",
+    ),
+    (
+        "lm_lr-negative",
+        {"lm_lr": -0.0001},
+        "`lm_lr` must be a number > 0, got -0.0001 (float).",
+    ),
+    (
+        "target_returns-text",
+        {"target_returns": ["high"]},
+        "`target_returns` must be a non-empty list of numbers, e.g. [3600, 1800], got "
+        "['high'] (list).",
+    ),
+    (
+        "lm_num_layers-beyond-model",
+        {"lm_num_layers": 5},
+        "`lm_num_layers` is 5, but language model 'tiny-gpt2' has only 2 transformer blocks: "
+        "expected an integer in [1, 2] or None (all).",
+    ),
+    (
+        "language_model-missing-folder",
+        {"language_model": "./models/missing-lm"},
+        "`language_model` './models/missing-lm': './models/missing-lm' is not a model "
+        "directory or .gguf file; accepted:",
+    ),
+    (
+        "language_model-unknown-name",
+        {"language_model": "smollm2 135m"},
+        "`language_model` 'smollm2 135m': Unknown language model 'smollm2 135m'; accepted:",
+    ),
+    (
+        "language_model-missing-gguf",
+        {"language_model": "models/lm.gguf"},
+        "`language_model` 'models/lm.gguf': GGUF file 'models/lm.gguf' does not exist.",
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -282,7 +357,7 @@ def test_evaluate_refuses_bad_checkpoints_before_starting_ray(
 def test_our_class_passes_and_a_subclass_pickled_by_value_is_judged_by_its_bases() -> None:
     from ray import cloudpickle
 
-    from rllib_lamo.checkpoints import checkpoint_algorithm_classes, check_checkpoint_class
+    from rllib_lamo.checkpoints import check_checkpoint_class, checkpoint_algorithm_classes
     from rllib_lamo.lamo import LaMo
 
     check_checkpoint_class("class_and_ctor_args.pkl", lamo_class_file())
@@ -325,9 +400,9 @@ MLFLOW_CASES = [
         "by default): run from the folder you trained in, or pass --mlflow-uri",
     ),
     (
-        "evaluate-unknown-run",
-        ["--mlflow-uri", "sqlite:///{tmp}/other.db"],
-        "rllib: error: cannot download runs:/0123456789abcdef/policy:",
+        "evaluate-mistyped-store",
+        ["--mlflow-uri", "sqlite:///{tmp}/ray_reslts/mlflow.db"],
+        "rllib: error: no MLflow store at {tmp}/ray_reslts/mlflow.db (from sqlite:///",
     ),
 ]
 
@@ -343,7 +418,7 @@ def test_evaluate_names_the_mlflow_store_it_looked_in(
     completed = run_rllib("evaluate", "runs:/0123456789abcdef/policy", *args, cwd=tmp_path)
     assert completed.returncode == 2, completed.stderr
     assert expected.format(tmp=tmp_path) in completed.stderr
-    assert not (tmp_path / "ray_results").exists()
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "ray_reslts").exists()
 
 
 def test_evaluate_help_says_checkpoints_are_pickles(tmp_path: Path) -> None:
@@ -352,9 +427,93 @@ def test_evaluate_help_says_checkpoints_are_pickles(tmp_path: Path) -> None:
     assert "--mlflow-uri" in completed.stdout
 
 
+# ----------------------------------------------------------------- `lamo-data` and `lamo-report`
+def console_script(name: str) -> str:
+    script = Path(sys.executable).with_name(name)
+    return str(script) if script.exists() else shutil.which(name) or name
+
+
+def _dataset_missing_a_shard(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "toy"
+    write_toy_dataset(folder, 12, max_steps_per_shard=60)
+    shards = sorted(folder.glob("episodes-*.parquet"))
+    shards[1].unlink()
+    return ["lamo-data", "info", str(folder)]
+
+
+def _subset_onto_existing(tmp_path: Path) -> list[str]:
+    write_toy_dataset(tmp_path / "toy", 6)
+    (tmp_path / "small").mkdir()
+    return ["lamo-data", "subset", str(tmp_path / "toy"), str(tmp_path / "small"), "--ratio", "0.5"]
+
+
+def _report_from_mistyped_store(tmp_path: Path) -> list[str]:
+    store_uri = f"sqlite:///{tmp_path}/ray_reslts/mlflow.db"
+    return ["lamo-report", "--experiment", "x", "--tracking-uri", store_uri, "--out", "report"]
+
+
+TOOL_CASES = [
+    (
+        "data-info-missing-shard",
+        _dataset_missing_a_shard,
+        1,
+        "/toy/metadata.json: field 'shards': lists 1 shard(s) missing from the folder: "
+        "episodes-00001.parquet",
+    ),
+    (
+        "data-subset-existing-output",
+        _subset_onto_existing,
+        1,
+        "/small already exists (pass --overwrite to replace it)",
+    ),
+    (
+        "report-mistyped-store",
+        _report_from_mistyped_store,
+        2,
+        "lamo-report: error: no MLflow store at {tmp}/ray_reslts/mlflow.db (from sqlite:///",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("make_command", "exit_code", "expected"),
+    [pytest.param(make, code, expected, id=case) for case, make, code, expected in TOOL_CASES],
+)
+def test_data_and_report_tools_name_what_is_wrong(
+    tmp_path: Path, make_command, exit_code: int, expected: str
+) -> None:
+    name, *args = make_command(tmp_path)
+    completed = subprocess.run(
+        [console_script(name), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == exit_code, completed.stderr
+    assert expected.format(tmp=tmp_path) in completed.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "ray_reslts").exists()
+
+
+def test_data_info_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """`lamo-data info | head`: the reader is gone before anything is written."""
+    write_toy_dataset(tmp_path / "toy", 6)
+    process = subprocess.Popen(
+        [console_script("lamo-data"), "info", str(tmp_path / "toy")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 0, stderr
+    assert "BrokenPipeError" not in stderr and "Traceback" not in stderr
+
+
 # -------------------------------------------------------------------------- docs/bad_inputs.md
 def all_case_ids() -> list[str]:
-    cases = SETTING_CASES + ENV_CASES + CLI_CASES + CHECKPOINT_CASES + MLFLOW_CASES
+    cases = SETTING_CASES + ENV_CASES + CLI_CASES + CHECKPOINT_CASES + MLFLOW_CASES + TOOL_CASES
     return [case for case, *_ in cases]
 
 

@@ -443,13 +443,14 @@ def evaluation_tracking_uri(flag: str | None) -> str:
     from rllib_lamo.experiments.experiment_file import MLflowSettings
 
     uri = store.resolve_tracking_uri(flag, MLflowSettings(), store.storage_root(None, None))
-    if not (flag or os.environ.get("MLFLOW_TRACKING_URI")):
-        database = Path(uri.removeprefix(store.SQLITE_PREFIX))
-        if not database.is_file():
-            raise ExperimentError(
-                f"no MLflow store at {database} (where `rllib train` writes by default): run "
-                "from the folder you trained in, or pass --mlflow-uri"
-            )
+    missing = store.missing_local_store(uri)
+    if missing and (flag or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ExperimentError(f"no MLflow store at {missing} (from {uri})")
+    if missing:
+        raise ExperimentError(
+            f"no MLflow store at {missing} (where `rllib train` writes by default): run "
+            "from the folder you trained in, or pass --mlflow-uri"
+        )
     return uri
 
 
