@@ -512,12 +512,64 @@ def test_data_info_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------------- docs/bad_inputs.md
-def all_case_ids() -> list[str]:
-    cases = SETTING_CASES + ENV_CASES + CLI_CASES + CHECKPOINT_CASES + MLFLOW_CASES + TOOL_CASES
-    return [case for case, *_ in cases]
+# What each case that is not a `training()` setting feeds in, for the table.
+CASE_INPUTS = {
+    "env-unknown-id": "`env: Hoper-v5`",
+    "dataset-other-env-spaces": "`env: Walker2d-v5` on hopper-medium-v5 (obs 11 vs 17)",
+    "dataset-other-env-id": "`env: Hopper-v5` on data whose metadata says Walker2d-v5 "
+    "(same shapes)",
+    "dataset-no-episodes": "a dataset whose metadata.json has `num_episodes: 0`",
+    "cli-lora_rank-text": '`rllib train file ... --config \'{"lora_rank": "sixteen"}\'`',
+    "cli-lr-text": '`rllib train file ... --config \'{"lr": "fast"}\'`',
+    "cli-env-unknown": '`rllib train file ... --config \'{"env": "Hopper-v55"}\'`',
+    "cli-dataset-other-env": "`rllib train file` of Hopper data with `env: Walker2d-v5`, "
+    "evaluation off",
+    "evaluate-empty-folder": "`rllib evaluate EMPTY_FOLDER`",
+    "evaluate-not-a-checkpoint": "`rllib evaluate FOLDER` holding only notes.txt",
+    "evaluate-truncated-class-file": "`rllib evaluate` of a checkpoint whose "
+    "class_and_ctor_args.pkl is cut short",
+    "evaluate-foreign-class": "`rllib evaluate` of a crafted checkpoint whose class entry "
+    "runs code when unpickled",
+    "evaluate-other-class": "`rllib evaluate` of a checkpoint whose class is subprocess.Popen",
+    "evaluate-no-default-store": "`rllib evaluate runs:/ID/policy` where no "
+    "./ray_results/mlflow.db exists",
+    "evaluate-mistyped-store": "`rllib evaluate runs:/ID/policy --mlflow-uri "
+    "sqlite:///.../ray_reslts/mlflow.db`",
+    "data-info-missing-shard": "`lamo-data info FOLDER` after a shard was deleted",
+    "data-subset-existing-output": "`lamo-data subset IN OUT --ratio 0.5` onto an existing OUT",
+    "report-mistyped-store": "`lamo-report --tracking-uri sqlite:///.../ray_reslts/mlflow.db`",
+}
 
 
-def test_the_bad_inputs_table_lists_every_case() -> None:
+def table_rows() -> list[tuple[str, str, str]]:
+    """(case id, input, message) of every case above."""
+    rows = [
+        (case, "`training(" + ", ".join(f"{k}={v!r}" for k, v in training.items()) + ")`", msg)
+        for case, training, msg in SETTING_CASES
+    ]
+    others = ENV_CASES + CLI_CASES + CHECKPOINT_CASES + MLFLOW_CASES
+    rows += [(case, CASE_INPUTS[case], message) for case, _, message in others]
+    rows += [(case, CASE_INPUTS[case], message) for case, _, _, message in TOOL_CASES]
+    return rows
+
+
+def markdown_table() -> str:
+    def cell(text: str) -> str:
+        return text.replace("{tmp}", "…").replace("|", "\\|")
+
+    lines = ["| case | input | message (starts with, or contains) |", "|---|---|---|"]
+    lines += [f"| `{case}` | {cell(given)} | {cell(msg)} |" for case, given, msg in table_rows()]
+    return "\n".join(lines)
+
+
+def test_the_bad_inputs_table_lists_every_case_with_its_message() -> None:
     table = BAD_INPUTS_DOC.read_text()
-    missing = [case for case in all_case_ids() if f"| `{case}` |" not in table]
-    assert not missing, f"docs/bad_inputs.md lacks {missing}"
+    missing = [row for row in markdown_table().splitlines() if row not in table.splitlines()]
+    assert not missing, (
+        "docs/bad_inputs.md is out of date; regenerate its table with "
+        f"`python tests/test_bad_inputs.py`. Missing rows: {missing}"
+    )
+
+
+if __name__ == "__main__":
+    print(markdown_table())
