@@ -32,6 +32,20 @@ CLASS_AND_CTOR_ARGS_FILE = "class_and_ctor_args.pkl"
 # trainable by value (cloudpickle), so such a class is judged by its bases.
 TRUSTED_ALGORITHM_CLASSES = ("rllib_lamo.lamo.LaMo", "ray.rllib.algorithms.")
 LAMO_CLASS = "rllib_lamo.lamo.LaMo"
+LAMO_MODULE_CLASS = "rllib_lamo.torch.lamo_torch_rl_module.LaMoTorchRLModule"
+MODULE_STATE_FILE = "module_state.pkl"
+# All a module's saved weights may refer to: numpy arrays (RLlib stores them as numpy).
+ARRAY_GLOBALS = (
+    "numpy.dtype",
+    "numpy.ndarray",
+    "numpy._core.numeric._frombuffer",
+    "numpy.core.numeric._frombuffer",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray.scalar",
+    "numpy.core.multiarray.scalar",
+    "collections.OrderedDict",
+)
 _CLOUDPICKLE_CLASS_BUILDERS = (
     "ray.cloudpickle.cloudpickle._make_skeleton_class",
     "cloudpickle.cloudpickle._make_skeleton_class",
@@ -52,7 +66,8 @@ def missing_checkpoint_files(path: str | pathlib.Path) -> list[str]:
 def check_checkpoint_folder(path: str | pathlib.Path) -> None:
     """Fails with the missing files named unless ``path`` is a complete local LaMo checkpoint.
 
-    Also refuses (before anything is unpickled) a checkpoint whose class is not LaMo.
+    Also refuses, before anything is unpickled, a checkpoint whose class is not LaMo, whose
+    policy module is not LaMo's, or whose module weights hold anything but numpy arrays.
     """
     missing = missing_checkpoint_files(path)
     if missing:
@@ -62,6 +77,15 @@ def check_checkpoint_folder(path: str | pathlib.Path) -> None:
         )
     class_file = pathlib.Path(path) / CLASS_AND_CTOR_ARGS_FILE
     check_checkpoint_class(class_file, class_file.read_bytes(), trusted=(LAMO_CLASS,))
+    module_dir = pathlib.Path(module_location(path))
+    module_class_file = module_dir / CLASS_AND_CTOR_ARGS_FILE
+    if module_class_file.is_file():
+        check_checkpoint_class(
+            module_class_file, module_class_file.read_bytes(), trusted=(LAMO_MODULE_CLASS,)
+        )
+    module_state_file = module_dir / MODULE_STATE_FILE
+    if module_state_file.is_file():
+        check_pickle_globals(module_state_file, module_state_file.read_bytes(), ARRAY_GLOBALS)
 
 
 def checkpoint_algorithm_classes(data: bytes) -> list[str]:
@@ -96,6 +120,28 @@ def check_checkpoint_class(
             f"{path}: the checkpoint's algorithm class is {' / '.join(names)}; "
             f"expected {' or '.join(trusted)}. Refusing to unpickle it: checkpoints are "
             "pickles and can run code, so load only checkpoints from a trusted source."
+        )
+
+
+def check_pickle_globals(path: str | pathlib.Path, data: bytes, allowed: tuple[str, ...]) -> None:
+    """Refuses a pickle that is truncated or refers to anything outside `allowed`.
+
+    Reads names only (nothing imported, nothing called), so the file can then be unpickled
+    knowing it can only build the allowed objects.
+    """
+    unpickler = _NamesOnlyUnpickler(io.BytesIO(data))
+    try:
+        unpickler.load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as error:
+        raise ValueError(
+            f"{path}: truncated or corrupt ({type(error).__name__}: {error})"
+        ) from error
+    foreign = sorted(name for name in unpickler.globals_seen if name not in allowed)
+    if foreign:
+        raise ValueError(
+            f"{path}: refers to {', '.join(foreign)}; expected only {', '.join(allowed)}. "
+            "Refusing to unpickle it: checkpoints are pickles and can run code, so load only "
+            "checkpoints from a trusted source."
         )
 
 
@@ -210,7 +256,12 @@ class _StandIn:
 
 
 class _NamesOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file)
+        self.globals_seen: set[str] = set()
+
     def find_class(self, module: str, name: str) -> type[_StandIn]:
+        self.globals_seen.add(f"{module}.{name}")
         return type(name, (_StandIn,), {"global_name": f"{module}.{name}"})
 
 

@@ -293,6 +293,34 @@ def crafted_class_file(folder: Path) -> bytes:
     return pickle.dumps({"class": _RunsCodeWhenUnpickled(folder / MARKER)})
 
 
+def with_module_files(folder: Path, module_class: bytes, module_state: bytes) -> Path:
+    """A LaMo checkpoint folder whose policy module has the given class and weights files."""
+    from rllib_lamo.checkpoints import CLASS_AND_CTOR_ARGS_FILE, MODULE_STATE_FILE, module_location
+
+    write_checkpoint(folder, lamo_class_file())
+    module_dir = Path(module_location(folder))
+    module_dir.mkdir(parents=True)
+    (module_dir / CLASS_AND_CTOR_ARGS_FILE).write_bytes(module_class)
+    (module_dir / MODULE_STATE_FILE).write_bytes(module_state)
+    return folder
+
+
+def module_class_file() -> bytes:
+    import pickle
+
+    from rllib_lamo.torch.lamo_torch_rl_module import LaMoTorchRLModule
+
+    return pickle.dumps({"class": LaMoTorchRLModule, "ctor_args_and_kwargs": ((), {})})
+
+
+def module_state_file() -> bytes:
+    import pickle
+
+    import numpy as np
+
+    return pickle.dumps({"weight": np.ones((4, 3), np.float32), "step": 3})
+
+
 def other_class_file() -> bytes:
     import pickle
     import subprocess
@@ -329,6 +357,24 @@ CHECKPOINT_CASES = [
         lambda folder: write_checkpoint(folder, other_class_file()),
         "/class_and_ctor_args.pkl: the checkpoint's algorithm class is subprocess.Popen; "
         "expected rllib_lamo.lamo.LaMo.",
+    ),
+    (
+        "evaluate-truncated-module-weights",
+        lambda folder: with_module_files(folder, module_class_file(), module_state_file()[:90]),
+        "/learner_group/learner/rl_module/default_policy/module_state.pkl: truncated or corrupt",
+    ),
+    (
+        "evaluate-module-weights-run-code",
+        lambda folder: with_module_files(folder, module_class_file(), crafted_class_file(folder)),
+        "/learner_group/learner/rl_module/default_policy/module_state.pkl: refers to "
+        "pathlib.Path.touch, pathlib.PosixPath; expected only numpy.dtype,",
+    ),
+    (
+        "evaluate-foreign-module-class",
+        lambda folder: with_module_files(folder, other_class_file(), module_state_file()),
+        "/learner_group/learner/rl_module/default_policy/class_and_ctor_args.pkl: the "
+        "checkpoint's algorithm class is subprocess.Popen; expected "
+        "rllib_lamo.torch.lamo_torch_rl_module.LaMoTorchRLModule.",
     ),
 ]
 
@@ -531,6 +577,12 @@ CASE_INPUTS = {
     "evaluate-foreign-class": "`rllib evaluate` of a crafted checkpoint whose class entry "
     "runs code when unpickled",
     "evaluate-other-class": "`rllib evaluate` of a checkpoint whose class is subprocess.Popen",
+    "evaluate-truncated-module-weights": "`rllib evaluate` of a checkpoint whose policy "
+    "weights (module_state.pkl) are cut short",
+    "evaluate-module-weights-run-code": "`rllib evaluate` of a checkpoint whose "
+    "module_state.pkl would run code when unpickled",
+    "evaluate-foreign-module-class": "`rllib evaluate` of a checkpoint whose policy module "
+    "class is subprocess.Popen",
     "evaluate-no-default-store": "`rllib evaluate runs:/ID/policy` where no "
     "./ray_results/mlflow.db exists",
     "evaluate-mistyped-store": "`rllib evaluate runs:/ID/policy --mlflow-uri "
