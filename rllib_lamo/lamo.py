@@ -36,6 +36,7 @@ from ray.rllib.utils.metrics import (
 from ray.rllib.utils.typing import ResultDict, StateDict
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
+from rllib_lamo import config_checks
 from rllib_lamo.checkpoints import check_checkpoint_folder, restore_offline
 from rllib_lamo.connectors.decision_context import decision_context_connector
 from rllib_lamo.data.dataset import TrajectoryDataset, dataset_folder
@@ -265,6 +266,7 @@ class LaMoConfig(AlgorithmConfig):
 
     @override(AlgorithmConfig)
     def validate(self) -> None:
+        self._check_settings_before_ray()
         self._spaces_from_dataset_if_unset()
         self._let_ddp_skip_unused_lm_weights()
         super().validate()
@@ -330,6 +332,18 @@ class LaMoConfig(AlgorithmConfig):
         if eval_config is not None and eval_config.num_env_runners > 0:
             eval_config.create_local_env_runner = False
         return eval_config
+
+    def _check_settings_before_ray(self) -> None:
+        """Kinds, ranges, env, LM and dataset: what would otherwise fail inside a trial."""
+        problem = (
+            config_checks.setting_problem(self)
+            or config_checks.env_problem(self.env)
+            or config_checks.language_model_problem(self.language_model, self.lm_num_layers)
+        )
+        if problem is None and self.input_ and self.input_ != "sampler":
+            problem = config_checks.dataset_problem(self.trajectory_dataset(), self.env)
+        if problem:
+            self._value_error(problem)
 
     def _let_ddp_skip_unused_lm_weights(self) -> None:
         """Fully fine-tuned without text, the LM's token embeddings and head get no gradient.

@@ -63,6 +63,7 @@ TINY_MODELS = ("tiny-gpt2", "tiny-llama")
 # The paper's Decision Transformer baseline: the original DT's GPT-2 (3 blocks, hidden 128, 1
 # head, ReLU MLP of 4x128, no vocabulary), always randomly initialised and fully trained.
 DT_BASELINE = "dt"
+_DT_NUM_LAYERS = 3
 # GPT-2 4 x 256 pre-trained on the shipped English Wikipedia sample (rllib_lamo/resources).
 PACKAGED_TINY_ENGLISH = "lamo-tiny-en"
 # The same architecture, tokenizer and steps pre-trained on a random Markov chain's tokens.
@@ -191,6 +192,27 @@ def load_language_model(
         time.perf_counter() - started,
     )
     return model, tokenizer
+
+
+def language_model_depth(name: str) -> int | None:
+    """The number of transformer blocks of `name`, from its config alone (no weights loaded).
+
+    Raises as `load_language_model` would for an unknown name or a missing file or folder.
+    None for a Hub id outside the local Hugging Face cache: only the Hub could tell.
+    """
+    if name == DT_BASELINE:
+        return _DT_NUM_LAYERS
+    if name in TINY_MODELS:
+        return _tiny_config(name, _byte_level_tokenizer()).num_hidden_layers
+    if name == TINY_SYNTHETIC:  # built on first use, with the shipped English model's shape
+        return AutoConfig.from_pretrained(packaged_tiny_english_dir()).num_hidden_layers
+    source = _resolve_source(name, None)
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True).num_hidden_layers
+    except OSError:
+        if os.path.isdir(source):
+            raise
+        return None
 
 
 def _from_pretrained_quietly(
@@ -659,7 +681,7 @@ def _decision_transformer_config() -> GPT2Config:
         vocab_size=1,
         n_positions=1024,
         n_embd=hidden,
-        n_layer=3,
+        n_layer=_DT_NUM_LAYERS,
         n_head=1,
         n_inner=4 * hidden,
         activation_function="relu",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -168,9 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # DatasetError included
         print(f"lamo-data {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader (`| head`) stopped reading: not an error. Point stdout at devnull so that
+        # the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -10,6 +10,7 @@ import pyarrow.fs as pafs
 
 from rllib_lamo.data.format import (
     METADATA_FILE,
+    DatasetError,
     iter_shard_tables,
     list_shards,
     read_metadata,
@@ -32,6 +33,7 @@ def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
     meta = read_metadata(path)
     fs, root = resolve_filesystem(path)
     shards = list_shards(path)
+    _check_listed_shards_exist(path, meta, shards)
     returns: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     terminated = 0
@@ -65,6 +67,18 @@ def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
         "source": meta["source"],
         "policy": meta["policy"],
     }
+
+
+def _check_listed_shards_exist(path: str | os.PathLike, meta: dict, shards: list[str]) -> None:
+    """Counts from metadata.json alone would describe shards that are gone."""
+    present = {shard.rsplit("/", 1)[-1] for shard in shards}
+    missing = [entry["file"] for entry in meta.get("shards", []) if entry["file"] not in present]
+    if missing:
+        raise DatasetError(
+            f"{str(path).rstrip('/')}/{METADATA_FILE}",
+            "shards",
+            f"lists {len(missing)} shard(s) missing from the folder: {', '.join(missing)}",
+        )
 
 
 def _format_stats(stats: dict[str, float] | None) -> str:

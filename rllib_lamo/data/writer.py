@@ -125,7 +125,7 @@ class EpisodeDatasetWriter:
         if is_uri(self.out_dir):
             raise ValueError("writing is local only; copy the finished folder to cloud storage")
         if self.out_dir.exists() and not self.overwrite:
-            raise FileExistsError(f"{self.out_dir} already exists (pass overwrite=True to replace)")
+            raise FileExistsError(f"{self.out_dir} already exists (pass --overwrite to replace it)")
         self.obs_space_dict = _space_dict(self.observation_space)
         self.action_space_dict = _space_dict(self.action_space)
         self.obs_dim = flat_dim(self.obs_space_dict)

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[ray_options],
         help="evaluate a LaMo checkpoint at its target returns",
         description="Roll out a LaMo checkpoint on env runners, per target return.",
+        epilog="Security: checkpoints and MLflow models are pickles, and unpickling can run "
+        "code. Evaluate only checkpoints and models from a trusted source. A checkpoint whose "
+        "algorithm class is not LaMo is refused before anything in it is unpickled.",
     )
     evaluate.add_argument(
         "checkpoint",
@@ -164,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="parallel env runners (0: evaluate in this process; default 2)",
     )
     evaluate.add_argument("--seed", type=int, help="seed of the evaluation environments")
+    evaluate.add_argument(
+        "--mlflow-uri",
+        metavar="URI",
+        help="tracking URI that runs:/ and models:/ refer to (default: $MLFLOW_TRACKING_URI, "
+        f"else the store `rllib train` writes: sqlite:///{store.DEFAULT_STORAGE_PATH}/"
+        f"{store.DEFAULT_DB_FILE})",
+    )
     evaluate.set_defaults(handler=evaluate_command)
     return parser
 
@@ -394,11 +404,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
         # Imported when needed: MLflow costs seconds to import.
         from rllib_lamo.experiments.policy_model import local_checkpoint
 
-        checkpoint = local_checkpoint(checkpoint)
-    elif not is_uri(checkpoint):
+        checkpoint = local_checkpoint(checkpoint, evaluation_tracking_uri(args.mlflow_uri))
+    if not is_uri(checkpoint):
         if not Path(checkpoint).is_dir():
             raise ExperimentError(f"checkpoint folder not found: {checkpoint}")
         checkpoint = str(Path(checkpoint).resolve())
+        _check_checkpoint_before_ray(checkpoint)
     # Imported when needed: it loads RLlib, which costs seconds.
     from rllib_lamo.evaluation import evaluate_checkpoint
 
@@ -421,6 +432,36 @@ def evaluate_command(args: argparse.Namespace) -> int:
         _stop_ray()
     print(evaluation_table(metrics))
     return EXIT_OK
+
+
+def evaluation_tracking_uri(flag: str | None) -> str:
+    """The store `runs:/` and `models:/` refer to: flag, $MLFLOW_TRACKING_URI, else train's.
+
+    `rllib train` writes to ``<storage path>/mlflow.db``, by default ./ray_results/mlflow.db;
+    a missing default store is named rather than silently created empty.
+    """
+    from rllib_lamo.experiments.experiment_file import MLflowSettings
+
+    uri = store.resolve_tracking_uri(flag, MLflowSettings(), store.storage_root(None, None))
+    missing = store.missing_local_store(uri)
+    if missing and (flag or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ExperimentError(f"no MLflow store at {missing} (from {uri})")
+    if missing:
+        raise ExperimentError(
+            f"no MLflow store at {missing} (where `rllib train` writes by default): run "
+            "from the folder you trained in, or pass --mlflow-uri"
+        )
+    return uri
+
+
+def _check_checkpoint_before_ray(checkpoint: str) -> None:
+    """A folder that is no complete LaMo checkpoint is named, with what it lacks."""
+    from rllib_lamo.checkpoints import check_checkpoint_folder
+
+    try:
+        check_checkpoint_folder(checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        raise ExperimentError(str(error)) from error
 
 
 def evaluation_table(metrics: Mapping[str, Any]) -> str:

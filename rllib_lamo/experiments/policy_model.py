@@ -66,8 +66,8 @@ def log_policy_model(run_id: str, checkpoint_dir: str, register_as: str | None =
         )
 
 
-def local_checkpoint(uri: str) -> str:
-    """A local LaMo checkpoint folder for a ``runs:/`` or ``models:/`` URI.
+def local_checkpoint(uri: str, tracking_uri: str | None = None) -> str:
+    """A local LaMo checkpoint folder for a ``runs:/`` or ``models:/`` URI of a store.
 
     Accepts the `policy` model (its MLmodel file names the checkpoint's folder) or a logged
     ``checkpoints/checkpoint_<n>`` folder.
@@ -76,7 +76,9 @@ def local_checkpoint(uri: str) -> str:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        folder = Path(mlflow.artifacts.download_artifacts(uri))
+        if tracking_uri:
+            mlflow.set_registry_uri(tracking_uri)  # where models:/ names are looked up
+        folder = Path(mlflow.artifacts.download_artifacts(uri, tracking_uri=tracking_uri))
     except (MlflowException, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ExperimentError(f"cannot download {uri}: {first_line}") from error

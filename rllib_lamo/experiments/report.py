@@ -199,6 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracking_uri = resolve_tracking_uri(
         args.tracking_uri, MLflowSettings(), str(Path(DEFAULT_STORAGE_PATH).resolve())
     )
+    from rllib_lamo.experiments.store import missing_local_store
+
+    if (missing := missing_local_store(tracking_uri)) is not None:
+        print(
+            f"lamo-report: error: no MLflow store at {missing} (from {tracking_uri})",
+            file=sys.stderr,
+        )
+        return 2
     client = MlflowClient(tracking_uri)
     try:
         runs = gather_runs(client, args.experiments)

@@ -35,6 +35,18 @@ def resolve_tracking_uri(flag: str | None, settings: MLflowSettings, storage_roo
     return f"{SQLITE_PREFIX}{(folder / DEFAULT_DB_FILE).resolve()}"
 
 
+def missing_local_store(tracking_uri: str) -> Path | None:
+    """The SQLite file a tracking URI names, when it does not exist (MLflow would create it).
+
+    Reading commands (`rllib evaluate`, `lamo-report`) use this to name a mistyped store
+    instead of creating an empty one.
+    """
+    if not tracking_uri.startswith(SQLITE_PREFIX):
+        return None
+    database = Path(tracking_uri.removeprefix(SQLITE_PREFIX))
+    return None if database.is_file() else database
+
+
 def local_artifact_root(tracking_uri: str) -> str | None:
     """Artifacts of a local SQLite store live next to its file (MLflow's default is ./mlruns)."""
     if not tracking_uri.startswith(SQLITE_PREFIX):
