@@ -56,3 +56,17 @@ def test_names_match_the_algorithm() -> None:
     assert runs.DT_LANGUAGE_MODEL == language_models.DT_BASELINE
     assert runs.SYNTHETIC_LANGUAGE_MODEL == language_models.TINY_SYNTHETIC
     assert runs.DEFAULT_PAPER_LAST_N == LaMoConfig().paper_score_last_n_evals
+
+
+def test_a_subset_folder_reports_the_share_of_its_source_dataset(tmp_path) -> None:
+    from rllib_lamo.data.subsets import write_subset
+    from rllib_lamo.data.testing import write_toy_dataset
+    from rllib_lamo.experiments.runs import effective_data_ratio
+
+    write_toy_dataset(tmp_path / "full", num_episodes=40)
+    write_subset(tmp_path / "full", tmp_path / "tenth", ratio=0.1, seed=0)
+    # The study trains on pre-sampled subsets (data_ratio 1): report 0.1, not 1.
+    assert effective_data_ratio({"input": str(tmp_path / "tenth"), "data_ratio": "1.0"}) == 0.1
+    assert effective_data_ratio({"input": str(tmp_path / "tenth"), "data_ratio": "0.5"}) == 0.05
+    assert effective_data_ratio({"input": str(tmp_path / "full"), "data_ratio": "0.01"}) == 0.01
+    assert effective_data_ratio({"input": "s3://bucket/data", "data_ratio": "0.1"}) == 0.1

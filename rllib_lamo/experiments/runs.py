@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rllib_lamo import metrics
+from rllib_lamo.data.format import read_metadata
 from rllib_lamo.scores import TargetScore, paper_score, target_scores, task_of_env
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def summarise_run(run: Run, client: MlflowClient, last_n: int | None = None) -> 
         run_id=run.info.run_id,
         run_name=run.info.run_name,
         task=task_of_env(env) or env,
-        data_ratio=_float(params.get("data_ratio")) or 1.0,
+        data_ratio=effective_data_ratio(params),
         method=run.data.tags.get("method") or method_of(params, run.data.tags.get("algorithm")),
         seed=params.get("seed", "None"),
         unit=paper[metrics.PAPER_SCORE_METRIC] if paper else eval_unit(histories),
@@ -195,6 +196,21 @@ def per_target_suffix(unit: str) -> str:
 
 def _figure(figures: Mapping[str, Any] | None, field: str = metrics.PAPER_SCORE) -> float | None:
     return None if figures is None else float(figures[field])
+
+
+def effective_data_ratio(params: Mapping[str, str]) -> float:
+    """The share of the source dataset a run trained on: its `data_ratio` times the ratio of
+    the subset it read, where `input_` is a folder written by `lamo-data subset` (the paper's
+    pre-sampled files); a subset of the 1M-step set at 0.01 is reported as 0.01."""
+    ratio = _float(params.get("data_ratio")) or 1.0
+    folder = params.get("input") or params.get("input_")
+    try:
+        source = read_metadata(folder).get("source") or {} if folder else {}
+    except (OSError, ValueError):
+        source = {}  # not a local dataset folder (a URI, a shard list, moved): its own ratio
+    if source.get("generator") == "rllib_lamo.data.subsets":
+        ratio *= float(source["ratio"])
+    return ratio
 
 
 def _float(value: Any) -> float | None:
