@@ -606,8 +606,11 @@ def table_rows() -> list[tuple[str, str, str]]:
 
 
 def markdown_table() -> str:
+    checkout = str(HOPPER.parents[1]) + "/"
+
     def cell(text: str) -> str:
-        return text.replace("{tmp}", "…").replace("|", "\\|")
+        # Paths inside this checkout are shown relative to it: the table is the same anywhere.
+        return text.replace("{tmp}", "…").replace(checkout, "").replace("|", "\\|")
 
     lines = ["| case | input | message (starts with, or contains) |", "|---|---|---|"]
     lines += [f"| `{case}` | {cell(given)} | {cell(msg)} |" for case, given, msg in table_rows()]
