@@ -169,7 +169,7 @@ def test_bc_train_interrupt_and_resume(
     assert first.returncode == 130, err[-3000:]
     assert "rllib train file bc.yaml --resume" in err
     assert f"results and checkpoints: {experiment_dir}" in out
-    assert re.search(r"iter\s+grad steps\s+action loss", out)
+    assert re.search(r"iter\s+steps\s+act loss", out)
     (trial_dir,) = experiment_dir.glob("BC_CartPole-v1_*")
     assert _iterations(trial_dir)[-1] < BC_STOP_ITERATION
 
