@@ -264,13 +264,33 @@ class LaMoConfig(AlgorithmConfig):
             "mixed_precision": self.mixed_precision,
         }
 
+    def _check_dt_baseline(self) -> None:
+        """The DT baseline's own rules, checked first: they need no file and no model."""
+        from rllib_lamo.language_models import DT_BASELINE
+
+        if self.language_model != DT_BASELINE:
+            return
+        if self.language_loss_coeff > 0:
+            self._value_error(
+                f"`language_model={DT_BASELINE!r}` (the Decision Transformer baseline) has "
+                "no tokenizer and no trained LM head, so it cannot have a language loss: "
+                f"set `language_loss_coeff=0` (got {self.language_loss_coeff})."
+            )
+        if self.finetune != "full":
+            self._value_error(
+                f"`language_model={DT_BASELINE!r}` is trained from scratch: `finetune` must "
+                f"be 'full', got {self.finetune!r}. For a randomly initialised LM with "
+                "LoRA use your LM with `lm_pretrained=False`."
+            )
+
     @override(AlgorithmConfig)
     def validate(self) -> None:
+        self._check_dt_baseline()
         self._check_settings_before_ray()
         self._spaces_from_dataset_if_unset()
         self._let_ddp_skip_unused_lm_weights()
         super().validate()
-        from rllib_lamo.language_models import DT_BASELINE, FINETUNE_MODES
+        from rllib_lamo.language_models import FINETUNE_MODES
 
         if self.finetune not in FINETUNE_MODES:
             self._value_error(f"`finetune` must be one of {FINETUNE_MODES}, got {self.finetune!r}.")
@@ -284,19 +304,6 @@ class LaMoConfig(AlgorithmConfig):
             self._value_error("`context_len` and `max_ep_len` must be positive.")
         if self.language_loss_coeff < 0:
             self._value_error("`language_loss_coeff` must be >= 0.")
-        if self.language_model == DT_BASELINE:
-            if self.language_loss_coeff > 0:
-                self._value_error(
-                    f"`language_model={DT_BASELINE!r}` (the Decision Transformer baseline) has "
-                    "no tokenizer and no trained LM head, so it cannot have a language loss: "
-                    f"set `language_loss_coeff=0` (got {self.language_loss_coeff})."
-                )
-            if self.finetune != "full":
-                self._value_error(
-                    f"`language_model={DT_BASELINE!r}` is trained from scratch: `finetune` must "
-                    f"be 'full', got {self.finetune!r}. For a randomly initialised LM with "
-                    "LoRA use your LM with `lm_pretrained=False`."
-                )
         if self.episode_lookback_horizon < self.context_len - 1:
             self._value_error("`episode_lookback_horizon` must be >= `context_len - 1`.")
         if self.mixed_precision not in (None, *MIXED_PRECISION_MODES):
