@@ -171,7 +171,9 @@ def test_the_dataset_is_read_once_and_handed_on(ray_cluster, episode_dataset):
     assert dataset.folder == episode_dataset
     assert dataset.observation_space == OBS_SPACE and dataset.action_space == ACT_SPACE
     assert dataset.env_id == "Toy-v0"
-    assert dataset.content_hash is None  # the writer records none (yet)
+    # The writer records the shards' hash in metadata.json; the object hands it on unread.
+    assert dataset.content_hash == dataset.metadata["content_hash"]
+    assert len(dataset.content_hash) == 64
     assert LaMoOfflineData(config).dataset is dataset
     # Derived state, not a setting: no MLflow param, no stale copy in a checkpoint.
     assert "_trajectory_dataset" not in config.to_dict()
