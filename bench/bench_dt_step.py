@@ -23,6 +23,7 @@ ratios are medians of per-round ratios against the first candidate. Load average
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -33,6 +34,8 @@ import time
 from pathlib import Path
 
 OBS_DIM, ACT_DIM, CONTEXT_LEN, MAX_EP_LEN = 11, 3, 20, 1000
+# Gradient steps per `update()` call of the project's candidate (training: 100 or more).
+UPDATE_STEPS = 6
 SHAPES = {
     "dt": {"layers": 3, "hidden": 128, "heads": 1, "batch": 64, "finetune": "full"},
     "gpt2": {"layers": 12, "hidden": 768, "heads": 12, "batch": 16, "finetune": "lora"},
@@ -100,18 +103,22 @@ def _window_columns(batch: int, seed: int = 0) -> dict:
 
 
 def _time_steps(step, steps: int) -> float:
-    for _ in range(WARMUP_STEPS):
+    """Median ms per gradient step; a `step` may take several (its `gradient_steps`)."""
+    per_call = getattr(step, "gradient_steps", 1)
+    for _ in range(max(1, WARMUP_STEPS // per_call)):
         step()
     times = []
-    for _ in range(steps):
+    for _ in range(max(1, steps // per_call)):
         started = time.perf_counter()
         step()
-        times.append(time.perf_counter() - started)
+        times.append((time.perf_counter() - started) / per_call)
     return 1000 * statistics.median(times)
 
 
-def _project_step(shape: str):
-    """One `LaMoTorchLearner.update` on a fresh batch per call: RLlib's whole update path."""
+def _project_step(shape: str, compiled: bool = False):
+    """RLlib's whole update path as training takes it: one `LaMoTorchLearner.update` of
+    `UPDATE_STEPS` minibatches (LaMo's `training_step` passes an iteration's batches in one
+    call, so RLlib's per-call work is shared by all of them)."""
     import gymnasium as gym
     import numpy as np
     from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
@@ -121,12 +128,20 @@ def _project_step(shape: str):
     obs_space = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
     act_space = gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
     config = LaMoConfig().training(**_lamo_settings(shape)).debugging(seed=0)
+    if compiled:  # RLlib's option: the module's forward_train through torch.compile (inductor)
+        config.framework(torch_compile_learner=True)
     learner = config.build_learner(spaces={"default_policy": (obs_space, act_space)})
-    columns = _window_columns(SHAPES[shape]["batch"])
-    batch = MultiAgentBatch(
-        {"default_policy": SampleBatch(columns)}, env_steps=SHAPES[shape]["batch"]
-    )
-    return lambda: learner.update(batch=batch)
+    size = SHAPES[shape]["batch"]
+    columns = _window_columns(size * UPDATE_STEPS)
+    batch = MultiAgentBatch({"default_policy": SampleBatch(columns)}, env_steps=size * UPDATE_STEPS)
+
+    def step() -> None:
+        learner.update(
+            batch=batch, minibatch_size=size, num_epochs=1, shuffle_batch_per_epoch=False
+        )
+
+    step.gradient_steps = UPDATE_STEPS
+    return step
 
 
 def _bare_step(shape: str):
@@ -284,7 +299,12 @@ def MinimalDecisionTransformer(hidden: int, layers: int, heads: int):  # noqa: N
     return _minimal_model_class()(hidden, layers, heads)
 
 
-STEP_BUILDERS = {"project": _project_step, "bare": _bare_step, "minimal": _minimal_step}
+STEP_BUILDERS = {
+    "project": _project_step,
+    "project-compiled": functools.partial(_project_step, compiled=True),
+    "bare": _bare_step,
+    "minimal": _minimal_step,
+}
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -326,6 +346,11 @@ def _candidates(shape: str, args: argparse.Namespace) -> list[dict]:
     if shape == "dt":
         found = [
             project,
+            {
+                "name": "project + torch.compile",
+                "mode": "project-compiled",
+                "threads": cores,
+            },
             {"name": "bare loop (same module)", "mode": "bare", "threads": cores},
             {"name": "minimal DT loop (here)", "mode": "minimal", "threads": cores},
         ]

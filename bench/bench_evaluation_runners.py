@@ -2,7 +2,8 @@
 
     python bench/bench_evaluation_runners.py [--episodes 10] [--targets 3600 1800]
         [--runners 2] [--envs-per-runner 10] [--repeats 2]
-        [--language-model smollm2-135m] [--lm-num-layers 2] [--context-len 20]
+        [--episode-steps 200] [--language-model lamo-tiny-en] [--lm-num-layers N]
+        [--context-len 20]
 
 Three ways to run the same evaluation round (every target x `--episodes` episodes of
 Hopper-v5, the same LaMo weights, the same per-episode seeds) on `--runners` remote
@@ -45,9 +46,12 @@ PAPER_RUNNERS = 2
 
 
 def lamo_config(args: argparse.Namespace) -> LaMoConfig:
+    # A random policy falls within ~15 steps; a trained one runs up to 1000. Episodes of a
+    # fixed length (no early termination) time the round as a trained policy would.
+    env_config = {"terminate_when_unhealthy": False, "max_episode_steps": args.episode_steps}
     return (
         LaMoConfig()
-        .environment(ENV_ID)
+        .environment(ENV_ID, env_config=env_config if args.episode_steps else {})
         .training(
             language_model=args.language_model,
             lm_num_layers=args.lm_num_layers,
@@ -122,8 +126,14 @@ def main() -> None:
     parser.add_argument("--runners", type=int, default=2)
     parser.add_argument("--envs-per-runner", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--language-model", default="smollm2-135m")
-    parser.add_argument("--lm-num-layers", type=int, default=2)
+    parser.add_argument(
+        "--episode-steps",
+        type=int,
+        default=200,
+        help="every episode runs this many steps (0: until the policy falls, ~15 steps)",
+    )
+    parser.add_argument("--language-model", default="lamo-tiny-en", help="the default's LM")
+    parser.add_argument("--lm-num-layers", type=int, default=None)
     parser.add_argument("--context-len", type=int, default=20)
     args = parser.parse_args()
 
@@ -145,7 +155,8 @@ def main() -> None:
         print(
             f"{len(args.targets)} targets x {args.episodes} episodes of {ENV_ID}, "
             f"{args.language_model} ({args.lm_num_layers or 'all'} layers), K={args.context_len}, "
-            f"{args.runners} runners, batched: {args.envs_per_runner} envs per runner; "
+            f"{args.runners} runners, batched: {args.envs_per_runner} envs per runner; episodes "
+            f"of {args.episode_steps or 'policy-decided'} steps; "
             f"{os.cpu_count()} cores, load before: {os.getloadavg()[0]:.2f}"
         )
         # Warm-up: first calls of the module and connectors, one short round each.

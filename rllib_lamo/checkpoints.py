@@ -10,8 +10,12 @@ evaluates it, tracking logs and renders it and the MLflow policy model wraps it.
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import pickle
+import shutil
+import tempfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rllib_lamo.storage import absolute_location, is_uri
@@ -56,6 +60,35 @@ CHECKPOINT_FILES = (
     CLASS_AND_CTOR_ARGS_FILE,
     f"{LEARNER_GROUP}/{LEARNER}/state.pkl",
 )
+
+
+def write_folder_atomically(path: str | pathlib.Path, write: Callable[[pathlib.Path], Any]) -> Any:
+    """Runs `write` into a staging folder beside `path`, then renames it to `path`.
+
+    A process killed or failing mid-write leaves `path` as it was (absent, or the previous
+    complete checkpoint) and at most a hidden ``.<name>.partial-*`` folder; a reader never
+    sees half a checkpoint. The rename is atomic on one local filesystem. Returns what
+    `write` returns.
+    """
+    path = pathlib.Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        written = write(staging)
+        if path.is_dir() and any(path.iterdir()):
+            # rename() cannot replace a non-empty folder: move the old one aside first.
+            previous = pathlib.Path(
+                tempfile.mkdtemp(prefix=f".{path.name}.previous-", dir=path.parent)
+            )
+            os.replace(path, previous)
+            os.replace(staging, path)
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return written
 
 
 def missing_checkpoint_files(path: str | pathlib.Path) -> list[str]:

@@ -43,6 +43,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rtg_scale": (lambda v: _number(v) and v > 0, "a number > 0"),
     "data_ratio": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "data_subset_seed": (_integer, "an integer"),
+    "validation_fraction": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "validation_num_windows": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "language_loss_coeff": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "text_block_len": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "text_batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),

@@ -37,7 +37,11 @@ from ray.rllib.utils.typing import ResultDict, StateDict
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
 from rllib_lamo import config_checks
-from rllib_lamo.checkpoints import check_checkpoint_folder, restore_offline
+from rllib_lamo.checkpoints import (
+    check_checkpoint_folder,
+    restore_offline,
+    write_folder_atomically,
+)
 from rllib_lamo.connectors.decision_context import decision_context_connector
 from rllib_lamo.data.dataset import TrajectoryDataset, dataset_folder
 from rllib_lamo.evaluation import evaluate_target_returns, target_key
@@ -49,8 +53,10 @@ from rllib_lamo.iteration_times import (
     STEPS_PER_S,
     WINDOWS_PER_S,
 )
+from rllib_lamo.metrics import VALIDATION_ACTION_LOSS, VALIDATION_RESULTS
 from rllib_lamo.offline_data import LaMoOfflineData
 from rllib_lamo.scores import PAPER_SCORE_KEY, TargetScore, paper_score, target_scores
+from rllib_lamo.storage import is_uri
 
 EMBEDDING_KINDS = ("mlp", "linear")
 # What `training(language_model="dt")` sets unless the same call says otherwise: the original
@@ -113,6 +119,10 @@ class LaMoConfig(AlgorithmConfig):
         # Data: LaMo's low-data setting keeps a seeded random subset of whole trajectories.
         self.data_ratio = 1.0
         self.data_subset_seed = 0
+        # A held-out check without a simulator: this share of the (kept) episodes is never
+        # trained on; the action loss on a fixed set of their windows is logged every iteration.
+        self.validation_fraction = 0.0
+        self.validation_num_windows = 256
         # Evaluation: one set of episodes per target return (in raw, unscaled return units).
         self.target_returns: list[float] = [3600.0, 1800.0]
         self.custom_evaluation_function = evaluate_target_returns
@@ -167,6 +177,8 @@ class LaMoConfig(AlgorithmConfig):
         warmup_steps: int = NotProvided,
         data_ratio: float = NotProvided,
         data_subset_seed: int = NotProvided,
+        validation_fraction: float = NotProvided,
+        validation_num_windows: int = NotProvided,
         target_returns: list[float] = NotProvided,
         paper_score_last_n_evals: int = NotProvided,
         mixed_precision: str | None = NotProvided,
@@ -202,6 +214,10 @@ class LaMoConfig(AlgorithmConfig):
             data_ratio: Keep this fraction of whole trajectories (LaMo: 0.005 to 1).
             data_subset_seed: Seed of that subset (separate from `seed`, so that several
                 training seeds share one subset, as in the paper).
+            validation_fraction: Hold out this share of the kept episodes (seeded by
+                `data_subset_seed`, at least one episode); each iteration logs the action loss
+                on `validation_num_windows` fixed windows of them (result key
+                ``validation/action_loss``), so over-fitting shows without a simulator. 0: off.
             target_returns: Evaluation targets in raw return units, e.g. [3600, 1800].
             paper_score_last_n_evals: N of the paper's reported score (result key
                 ``evaluation/paper_score``): each target's mean over the last N evaluations
@@ -447,6 +463,7 @@ class LaMo(Algorithm):
         self._score_history: list[list[TargetScore]] = []
         # This iteration's own times (see `iteration_times`), added to its result in `step()`.
         self._training_times: dict[str, float] = {}
+        self._validation: dict[str, float] = {}
         self._evaluation_s = 0.0
 
     def _check_dataset_fits_env(self) -> None:
@@ -521,6 +538,21 @@ class LaMo(Algorithm):
             WINDOWS_PER_S: global_batch * num_steps / (updated - started),
         }
         self.metrics.log_value("data_epoch", self.offline_data.epoch, window=1)
+        self._validation = self._validation_losses()
+
+    def _validation_losses(self) -> dict[str, float]:
+        """The action loss on the held-out windows after this iteration's update (if any)."""
+        batch = self.offline_data.validation_batch()
+        if batch is None:
+            return {}
+        losses = (
+            self.learner_group.foreach_learner(
+                lambda learner: learner.validation_action_losses(batch)
+            )
+            .result_or_errors[0]
+            .get()
+        )
+        return {VALIDATION_ACTION_LOSS: losses[DEFAULT_MODULE_ID]}
 
     @override(Algorithm)
     def evaluate(self, *args: Any, **kwargs: Any) -> ResultDict:
@@ -564,6 +596,8 @@ class LaMo(Algorithm):
             self._training_times,
             **{EVALUATION_S: self._evaluation_s, ITERATION_S: time.perf_counter() - started},
         )
+        if self._validation:
+            results[VALIDATION_RESULTS] = dict(self._validation)
         if self._latest_evaluation is not None and self._latest_evaluation is evaluations_before:
             results[EVALUATION_RESULTS] = copy.deepcopy(self._latest_evaluation)
         return results
@@ -605,6 +639,28 @@ class LaMo(Algorithm):
             random.setstate(lamo_state["rng"]["python"])
             np.random.set_state(lamo_state["rng"]["numpy"])
             torch.set_rng_state(lamo_state["rng"]["torch"])
+
+    @override(Algorithm)
+    def save_to_path(
+        self,
+        path: str | pathlib.Path | None = None,
+        *,
+        state: StateDict | None = None,
+        filesystem: Any = None,
+        use_msgpack: bool = False,
+    ) -> str:
+        """RLlib's checkpoint, written atomically where it goes to a local folder.
+
+        Tune (and `algo.save()`) write here; a run killed mid-save leaves the previous
+        checkpoint intact instead of half a new one (see `write_folder_atomically`).
+        """
+        save = super().save_to_path
+        if path is None or filesystem is not None or is_uri(str(path)):
+            return save(path, state=state, filesystem=filesystem, use_msgpack=use_msgpack)
+        write_folder_atomically(
+            path, lambda staging: save(staging, state=state, use_msgpack=use_msgpack)
+        )
+        return str(path)
 
     @classmethod
     @override(Algorithm)

@@ -41,6 +41,11 @@ LR_HEADS_KEY = "lr_heads"
 WARMUP_FACTOR_KEY = "warmup_factor"
 GRADIENT_STEPS_KEY = "gradient_steps"
 GRADIENTS_GLOBAL_NORM_KEY = "gradients_global_norm"
+# The held-out check (`validation_fraction` > 0): a top-level section of every result,
+# ``validation/action_loss``, measured after the iteration's update.
+VALIDATION_RESULTS = "validation"
+VALIDATION_ACTION_LOSS = ACTION_LOSS_KEY
+VALIDATION_ACTION_LOSS_METRIC = f"{VALIDATION_RESULTS}/{VALIDATION_ACTION_LOSS}"
 # The learner's throughput: `rllib_lamo.torch.performance`'s keys (it imports torch), spelled
 # here too so that reading results needs no torch; tests/test_metrics.py keeps them equal.
 GRADIENT_STEPS_PER_S_KEY = "gradient_steps_per_s"

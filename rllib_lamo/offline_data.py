@@ -77,12 +77,20 @@ class LaMoOfflineData(OfflineData):
 
         table = self._read_validated_episodes()
         if config.data_ratio < 1.0:
-            table = self._keep_subset(table, config.data_ratio, config.data_subset_seed)
+            table, _ = self._split(table, config.data_ratio, config.data_subset_seed)
+            logger.info(
+                "data_ratio=%s keeps %d episodes (subset seed %d)",
+                config.data_ratio,
+                table.num_rows,
+                config.data_subset_seed,
+            )
         if table.num_rows == 0:
             raise ValueError(f"{self.dataset.folder}: no episodes to train on (empty dataset).")
-        self.episodes: EpisodeBlock = episode_block_from_arrow(
-            table, obs_dim=self.obs_dim, discrete_actions=self.discrete_actions
-        )
+        self.validation_episodes: EpisodeBlock | None = None
+        self._validation_batch: MultiAgentBatch | None = None
+        if config.validation_fraction > 0:
+            table = self._hold_out_validation_episodes(table, config.validation_fraction)
+        self.episodes: EpisodeBlock = self._block(table)
         self.summary = _summarise(self.episodes)
         logger.info("LaMo dataset %s: %s", self.dataset.folder, self.summary)
         # About one window per K steps of data makes an epoch (only counted, for reporting).
@@ -110,20 +118,66 @@ class LaMoOfflineData(OfflineData):
         table = pa.concat_tables(tables, promote_options="permissive")
         return table.sort_by("eps_id").combine_chunks()
 
-    def _keep_subset(self, table: pa.Table, ratio: float, subset_seed: int) -> pa.Table:
-        """The seeded `data_ratio` subset of whole episodes, chosen and filtered once."""
+    def _block(self, table: pa.Table) -> EpisodeBlock:
+        return episode_block_from_arrow(
+            table, obs_dim=self.obs_dim, discrete_actions=self.discrete_actions
+        )
+
+    @staticmethod
+    def _split(table: pa.Table, ratio: float, seed: int | list[int]) -> tuple[pa.Table, pa.Table]:
+        """A seeded random share `ratio` of whole episodes, and the rest; chosen once."""
         eps_ids = table.column("eps_id").to_pylist()
         lengths = pc.list_value_length(table.column("rewards")).to_numpy(zero_copy_only=False)
-        kept = subset_episode_ids(eps_ids, lengths, ratio, subset_seed)
-        logger.info(
-            "data_ratio=%s keeps %d of %d episodes (subset seed %d)",
-            ratio,
-            len(kept),
-            len(eps_ids),
-            subset_seed,
+        chosen = pa.array(
+            subset_episode_ids(eps_ids, lengths, ratio, seed),
+            type=table.schema.field("eps_id").type,
         )
-        kept_ids = pa.array(kept, type=table.schema.field("eps_id").type)
-        return table.filter(pc.is_in(table.column("eps_id"), value_set=kept_ids))
+        is_chosen = pc.is_in(table.column("eps_id"), value_set=chosen)
+        return table.filter(is_chosen), table.filter(pc.invert(is_chosen))
+
+    def _hold_out_validation_episodes(self, table: pa.Table, fraction: float) -> pa.Table:
+        """Keeps the validation episodes apart; returns the training ones.
+
+        Seeded by `data_subset_seed` (another stream than the subset's), so that every
+        training seed and method of a study is checked on the same episodes.
+        """
+        if table.num_rows < 2:
+            raise ValueError(
+                f"validation_fraction={fraction}: {self.dataset.folder} keeps "
+                f"{table.num_rows} episode(s) after data_ratio={self.config.data_ratio}; a "
+                "validation split needs at least 2 (one to train on, one to hold out). "
+                "Set validation_fraction to 0 or raise data_ratio."
+            )
+        held_out, training = self._split(table, fraction, [self.config.data_subset_seed, 1])
+        if training.num_rows == 0:
+            held_out, training = held_out.slice(1), held_out.slice(0, 1)
+        self.validation_episodes = self._block(held_out)
+        logger.info(
+            "validation_fraction=%s holds out %d of %d episodes",
+            fraction,
+            held_out.num_rows,
+            table.num_rows,
+        )
+        return training
+
+    def validation_batch(self) -> MultiAgentBatch | None:
+        """Fixed windows of the held-out episodes (None without a validation split)."""
+        if self.validation_episodes is None:
+            return None
+        if self._validation_batch is None:
+            config = self.config
+            windows = sample_windows(
+                self.validation_episodes,
+                num_windows=config.validation_num_windows,
+                context_len=config.context_len,
+                rtg_scale=config.rtg_scale,
+                max_ep_len=config.max_ep_len,
+                rng=np.random.default_rng([config.data_subset_seed, 1]),
+            )
+            self._validation_batch = MultiAgentBatch(
+                {DEFAULT_MODULE_ID: SampleBatch(windows)}, env_steps=config.validation_num_windows
+            )
+        return self._validation_batch
 
     @property
     def epoch(self) -> int:

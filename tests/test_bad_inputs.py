@@ -56,6 +56,11 @@ SETTING_CASES = [
         "`lora_dropout` must be a number in [0, 1), got 1.0 (float).",
     ),
     (
+        "validation_fraction-one",
+        {"validation_fraction": 1.0},
+        "`validation_fraction` must be a number in [0, 1), got 1.0 (float).",
+    ),
+    (
         "train_batch_size-zero",
         {"train_batch_size_per_learner": 0},
         "`train_batch_size_per_learner` must be an integer >= 1, got 0 (int).",
@@ -251,6 +256,15 @@ def test_the_command_refuses_bad_settings_before_starting_ray(
     assert expected in last_line
     assert "must be a list of tuples" not in completed.stderr
     assert not list(ray_tmp.rglob("session_*")), "the command started Ray"
+
+
+def test_only_must_name_experiments_of_the_file(tmp_path: Path) -> None:
+    write_workdir(tmp_path, {"x": tiny_lamo_experiment(), "y": tiny_lamo_experiment()})
+    completed = run_rllib("train", "file", "experiments.yaml", "--only", "x,z", cwd=tmp_path)
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines()[-1] == (
+        "rllib: error: experiments.yaml: --only names no experiment 'z'; the file has 'x', 'y'"
+    )
 
 
 # --------------------------------------------------------------- checkpoints and `rllib evaluate`

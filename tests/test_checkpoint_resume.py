@@ -119,3 +119,50 @@ def test_a_truncated_checkpoint_file_is_named(tmp_path):
     assert result.returncode != 0
     assert "checkpoint is corrupt or incomplete" in result.stderr
     assert str(checkpoint) in result.stderr
+
+
+def _folder_digest(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, ray_cluster):
+    """Checkpoints are written atomically: a save that fails midway changes nothing."""
+    import threading
+
+    from rllib_lamo.checkpoints import missing_checkpoint_files
+    from rllib_lamo.lamo import LaMoConfig
+
+    algo = (
+        LaMoConfig()
+        .offline_data(input_=str(HOPPER), dataset_num_iters_per_learner=1)
+        .training(
+            language_model="tiny-gpt2",
+            train_batch_size_per_learner=4,
+            context_len=5,
+            data_ratio=0.02,
+            language_loss_coeff=0.0,
+        )
+        .debugging(seed=0)
+        .build_algo()
+    )
+    try:
+        checkpoint = tmp_path / "checkpoint"
+        algo.train()
+        algo.save_to_path(checkpoint)
+        before = _folder_digest(checkpoint)
+        assert not missing_checkpoint_files(checkpoint)
+
+        algo.train()
+        algo._best_evaluation = {"unpicklable": threading.Lock()}  # fails mid-save
+        with pytest.raises(TypeError, match="pickle"):
+            algo.save_to_path(checkpoint)
+        assert _folder_digest(checkpoint) == before
+        assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # no partial folder
+
+        algo._best_evaluation = None
+        algo.save_to_path(checkpoint)  # a complete save replaces the old checkpoint
+        assert _folder_digest(checkpoint) != before
+        assert not missing_checkpoint_files(checkpoint)
+        assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
+    finally:
+        algo.stop()

@@ -7,7 +7,9 @@ GPT-2, each through `rllib train file` on a real local Ray cluster started by th
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import re
 import signal
 import subprocess
@@ -187,6 +189,82 @@ def test_bc_train_interrupt_and_resume(
     # A fresh run never writes into an existing experiment (checked before Ray starts).
     assert main(["train", "file", "bc.yaml"]) == 2
     assert "add --resume to continue it" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_from_its_newest_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL to the whole process group just after a checkpoint; `--resume` continues
+    from that checkpoint (not the one before), and `progress.csv` stays aligned with its
+    header although evaluation and validation columns come and go."""
+    from rllib_lamo.checkpoints import missing_checkpoint_files
+
+    experiment = tiny_lamo_experiment(
+        evaluation_interval=2, validation_fraction=0.2, min_time_s_per_iteration=1
+    )
+    experiment["stop"] = {"training_iteration": 5}
+    write_workdir(tmp_path, {"killed": experiment})
+    experiment_dir = tmp_path / "ray_results" / "killed"
+    first = subprocess.Popen(
+        [*RLLIB, "train", "file", "experiments.yaml", "--checkpoint-freq", "1", *SMALL_RAY],
+        cwd=tmp_path,
+        env=rllib_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: the kill takes Ray's processes too
+    )
+    try:
+        _wait_for(lambda: any(experiment_dir.glob("LaMo_*/checkpoint_000001")), first, 480)
+        time.sleep(0.5)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate(timeout=60)
+    (trial_dir,) = experiment_dir.glob("LaMo_*")
+    complete = [
+        int(c.name.removeprefix("checkpoint_"))
+        for c in trial_dir.glob("checkpoint_*")
+        if not missing_checkpoint_files(c)
+    ]
+    newest = max(complete)
+    assert newest >= 1 and newest + 1 < 5
+
+    resumed = run_rllib("train", "file", "experiments.yaml", "--resume", *SMALL_RAY, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = [int(m) for m in re.findall(r"^\S+_00000\s+(\d+)\s", resumed.stdout, re.M)]
+    assert rows == list(range(newest + 2, 6)), resumed.stdout  # checkpoint_N is after N + 1
+    assert _iterations(trial_dir)[-1] == 5
+
+    with (trial_dir / "progress.csv").open(newline="") as file:
+        header, *lines = list(csv.reader(file))
+    assert all(len(line) == len(header) for line in lines)
+    column = header.index("training_iteration")
+    assert [int(line[column]) for line in lines][-1] == 5
+    losses = [line[header.index("validation/action_loss")] for line in lines]
+    assert all(float(loss) > 0 for loss in losses)
+
+
+def test_a_failed_trial_ends_with_its_root_cause(tmp_path: Path) -> None:
+    """A NaN reward in one shard fails the trial inside Ray Data; the command's last line is
+    our message naming the shard and the field, not Ray's generic retry hint."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_workdir(tmp_path, {"nan-reward": tiny_lamo_experiment(evaluation_interval=0)})
+    shard = sorted((tmp_path / "datasets" / "hopper-toy").glob("*.parquet"))[-1]
+    table = pq.read_table(shard)
+    rewards = table.column("rewards").to_pylist()
+    rewards[0] = [float("nan")] * len(rewards[0])
+    column = table.schema.get_field_index("rewards")
+    nan_rewards = pa.array(rewards, type=table.schema.field("rewards").type)
+    pq.write_table(table.set_column(column, "rewards", nan_rewards), shard)
+    assert np.isnan(pq.read_table(shard).column("rewards")[0].values.to_numpy()).all()
+
+    failed = run_rllib("train", "file", "experiments.yaml", *SMALL_RAY, cwd=tmp_path)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("rllib: trial failed: ") and shard.name in last, failed.stderr[-3000:]
+    assert "'rewards'" in last and "NaN" in last, last
+    assert "error.txt" in failed.stderr.strip().splitlines()[-2]
 
 
 def test_lamo_train_and_evaluate(tmp_path: Path) -> None:

@@ -202,3 +202,45 @@ def test_a_prelearner_class_is_refused_not_ignored(ray_cluster, episode_dataset)
     config.validate()
     with pytest.raises(ValueError, match="prelearner_class"):
         LaMoOfflineData(config)
+
+
+def _episodes_of(block) -> set[bytes]:
+    """Each episode's first observation: an identity that survives the block's layout."""
+    return {block.obs[start].tobytes() for start in block.starts}
+
+
+def test_validation_episodes_are_held_out_of_training(ray_cluster, episode_dataset):
+    data = make_offline_data(episode_dataset, validation_fraction=0.2)
+    training, held_out = _episodes_of(data.episodes), _episodes_of(data.validation_episodes)
+    assert len(held_out) == 8 and len(training) == 32 and not training & held_out
+    # Statistics describe what is trained on.
+    assert data.summary.num_episodes == 32
+    # Fixed windows of the held-out episodes, the same every call.
+    batch = data.validation_batch()["default_policy"]
+    assert batch["obs"].shape[0] == 256
+    np.testing.assert_array_equal(batch["obs"], data.validation_batch()["default_policy"]["obs"])
+    assert batch["obs"][:, -1].tobytes() not in {obs.tobytes() for obs in data.episodes.obs}
+
+
+def test_the_validation_split_is_shared_by_training_seeds(ray_cluster, episode_dataset):
+    """Every seed and method of a study is checked on the same episodes and windows."""
+    first = make_offline_data(episode_dataset, validation_fraction=0.2)
+    config = (
+        LaMoConfig()
+        .offline_data(input_=episode_dataset)
+        .training(context_len=4, validation_fraction=0.2)
+        .debugging(seed=99)
+    )
+    config.validate()
+    other_seed = LaMoOfflineData(config)
+    assert _episodes_of(first.validation_episodes) == _episodes_of(other_seed.validation_episodes)
+    np.testing.assert_array_equal(
+        first.validation_batch()["default_policy"]["obs"],
+        other_seed.validation_batch()["default_policy"]["obs"],
+    )
+    assert make_offline_data(episode_dataset).validation_batch() is None
+
+
+def test_a_validation_split_of_one_episode_is_refused(ray_cluster, episode_dataset):
+    with pytest.raises(ValueError, match=r"validation_fraction=0.5: .* keeps 1 episode"):
+        make_offline_data(episode_dataset, data_ratio=0.01, validation_fraction=0.5)

@@ -23,7 +23,7 @@ def subset_size(num_episodes: int, ratio: float) -> int:
 
 
 def subset_episode_ids(
-    eps_ids: Sequence[str], lengths: Sequence[int], ratio: float, seed: int
+    eps_ids: Sequence[str], lengths: Sequence[int], ratio: float, seed: int | Sequence[int]
 ) -> list[str]:
     """The ids of a seeded random subset of whole episodes, sorted.
 

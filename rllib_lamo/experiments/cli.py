@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from rllib_lamo import metrics as m
 from rllib_lamo.experiments import store
+from rllib_lamo.experiments.console import quiet_console, ray_init_options
+from rllib_lamo.experiments.errors import root_cause
 from rllib_lamo.experiments.experiment_file import (
     ExperimentError,
     ExperimentSpec,
@@ -59,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rllib` console script and of ``python -m rllib_lamo.experiments.cli``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_console(getattr(args, "verbose", False))
     try:
         return args.handler(args)
     except ExperimentError as error:
@@ -105,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_json_object,
         metavar="JSON",
         help='config keys set over the file\'s: \'{"lr": 3e-4, "seed": 1}\'',
+    )
+    train_file.add_argument(
+        "--only",
+        type=_names,
+        metavar="NAME[,NAME]",
+        help="run only these experiments of the file (default: all, in the file's order)",
     )
     train_file.add_argument(
         "--storage-path",
@@ -239,10 +248,21 @@ def train_from_file(args: argparse.Namespace) -> int:
                 f"combined with {', '.join(fixed)}"
             )
     specs = load_experiments(args.file, config_overrides=args.config, stop_overrides=args.stop)
+    if args.only:
+        if unknown := [name for name in args.only if name not in {s.name for s in specs}]:
+            raise ExperimentError(
+                f"{args.file}: --only names no experiment {', '.join(map(repr, unknown))}; "
+                f"the file has {', '.join(repr(s.name) for s in specs)}"
+            )
+        specs = [spec for spec in specs if spec.name in args.only]
     plan = [(spec, store.storage_root(args.storage_path, spec.storage_path)) for spec in specs]
     for spec, storage_root in plan:
         _check_experiment_folder(spec, storage_root, resume=args.resume, file=args.file)
 
+    # Tune saves the experiment's state (which checkpoint each trial resumes from) every
+    # 10+ s by default: a run killed just after a checkpoint resumed from the one before and
+    # redid an iteration. Saved on every controller step instead (a small file, milliseconds).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     _start_ray(args)
     exit_code = EXIT_OK
     try:
@@ -296,9 +316,13 @@ def tune_callbacks(
 ) -> list[Callback]:
     """Tune callbacks of a run: the progress table and, unless `--no-mlflow`, MLflow."""
     # Imported when needed, as Tune and MLflow cost seconds to import.
+    from rllib_lamo.experiments.csv_logger import ResumableCSVLogger
     from rllib_lamo.experiments.progress import ProgressTable
 
-    callbacks: list[Callback] = [ProgressTable(show_checkpoints=args.verbose)]
+    callbacks: list[Callback] = [
+        ProgressTable(show_checkpoints=args.verbose),
+        ResumableCSVLogger(),
+    ]
     if not args.no_mlflow:
         from rllib_lamo.experiments.tracking import mlflow_callback
 
@@ -310,12 +334,11 @@ def report_results(results: ResultGrid, spec: ExperimentSpec, args: argparse.Nam
     """Prints each trial's outcome and best checkpoint; returns the exit code."""
     score_attribute = spec.checkpoint_config.get("checkpoint_score_attribute")
     score_order = spec.checkpoint_config.get("checkpoint_score_order", "max")
+    failures = []
     for result in results:
         where = result.path or "(no results)"
         if result.error is not None:
-            print(
-                f"rllib: trial failed: {_last_line(result.error)}; traceback in {where}/error.txt"
-            )
+            failures.append((where, root_cause(result.error)))
             continue
         checkpoint, metric, value = best_checkpoint(result, score_attribute, score_order)
         if checkpoint is None:
@@ -324,8 +347,12 @@ def report_results(results: ResultGrid, spec: ExperimentSpec, args: argparse.Nam
             print(f"rllib: latest checkpoint (no evaluation score to rank by): {checkpoint.path}")
         else:
             print(f"rllib: best checkpoint ({metric} = {value:.4g}): {checkpoint.path}")
-    if results.num_errors:
-        print(f"rllib: {results.num_errors} of {len(results)} trial(s) failed", file=sys.stderr)
+    if failures:
+        # The causes come last, where a user looks first; the tracebacks stay in the files.
+        print(f"rllib: {len(failures)} of {len(results)} trial(s) failed", file=sys.stderr)
+        for where, cause in failures:
+            print(f"  full traceback: {where}/error.txt", file=sys.stderr)
+            print(f"rllib: trial failed: {cause}", file=sys.stderr)
         return EXIT_TRIAL_FAILED
     # Tune marks a trial's last result `done` when it stopped on its own (criteria met or
     # training finished); after Ctrl-C the trials are stopped without it.
@@ -358,12 +385,6 @@ def best_checkpoint(
             value, checkpoint = pick(ranked, key=lambda pair: pair[0])
             return checkpoint, metric, float(value)
     return result.checkpoint, None, None
-
-
-def _last_line(error: BaseException) -> str:
-    """The summary line of a (possibly remote, multi-line) exception."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def _check_experiment_folder(
@@ -426,7 +447,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     except Exception as error:  # a failure inside Ray: summarise it like a failed trial
         if args.verbose:
             traceback.print_exc()
-        print(f"rllib: error: evaluation failed: {_last_line(error)}", file=sys.stderr)
+        print(f"rllib: error: evaluation failed: {root_cause(error)}", file=sys.stderr)
         return EXIT_TRIAL_FAILED
     finally:
         _stop_ray()
@@ -514,17 +535,27 @@ def _start_ray(args: argparse.Namespace) -> None:
     """Joins `--ray-address` (or $RAY_ADDRESS), else starts a local cluster sized for it."""
     import ray
 
-    runtime_env = None if args.verbose else {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+    options = ray_init_options(args.verbose)
     address = args.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=runtime_env)
-        return
-    ray.init(
-        num_cpus=args.ray_num_cpus or max(MIN_LOCAL_NUM_CPUS, os.cpu_count() or 1),
-        object_store_memory=(args.ray_object_store_mb or DEFAULT_OBJECT_STORE_MB) * 1024**2,
-        include_dashboard=False,
-        runtime_env=runtime_env,
-    )
+        ray.init(address=address, **options)
+    else:
+        ray.init(
+            num_cpus=args.ray_num_cpus or max(MIN_LOCAL_NUM_CPUS, os.cpu_count() or 1),
+            object_store_memory=(args.ray_object_store_mb or DEFAULT_OBJECT_STORE_MB) * 1024**2,
+            include_dashboard=False,
+            **options,
+        )
+    if not args.verbose and (logs := _session_logs()):
+        print(f"rllib: Ray's logs (actors' output): {logs} (-v shows them here)", flush=True)
+
+
+def _session_logs() -> str | None:
+    """The local Ray session's log folder (None when connected through Ray Client)."""
+    from ray._private.worker import global_worker
+
+    node = getattr(global_worker, "node", None)
+    return f"{node.get_session_dir_path()}/logs" if node is not None else None
 
 
 def _stop_ray() -> None:
@@ -542,6 +573,10 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got: {text}")
     return value
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _positive_int(text: str) -> int:

@@ -77,6 +77,7 @@ COLUMNS: tuple[Column, ...] = (
         6,
     ),
     Column("act loss", (m.learner_metric(m.ACTION_LOSS_KEY),), 8),
+    Column("val loss", (m.VALIDATION_ACTION_LOSS_METRIC,), 8),
     Column("lang loss", (m.learner_metric(m.LANGUAGE_LOSS_KEY),), 9),
     Column(
         "lr",

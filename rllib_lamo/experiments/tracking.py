@@ -85,6 +85,8 @@ TRAINING_METRICS: dict[str, tuple[str, ...]] = {
         m.GRADIENT_STEPS_KEY,
     )
 } | {
+    # The held-out action loss (`validation_fraction` > 0).
+    m.VALIDATION_ACTION_LOSS_METRIC: (m.VALIDATION_ACTION_LOSS_METRIC,),
     # This iteration's own wall time (`rllib_lamo.iteration_times`); Tune's for other algorithms.
     "time/iteration_s": (m.ITERATION_S, m.TIME_THIS_ITER_S),
     "time/data_s": (m.DATA_S,),

@@ -12,6 +12,7 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import Learner
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.policy.sample_batch import MultiAgentBatch
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.torch_utils import clip_gradients, compute_global_norm
 from ray.rllib.utils.typing import ModuleID, ParamDict, TensorType
@@ -164,15 +165,7 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
         fwd_out: dict[str, TensorType],
     ) -> TensorType:
         module = self.module[module_id].unwrapped()
-        predictions = fwd_out[Columns.ACTION_DIST_INPUTS]
-        targets = batch[Columns.ACTIONS]
-        real = batch[ATTENTION_MASK] > 0
-        # Index the real steps rather than multiplying by the mask: padding rows never
-        # enter the loss, whatever the network computed for them.
-        if isinstance(module.action_space, gym.spaces.Discrete):
-            action_loss = torch.nn.functional.cross_entropy(predictions[real], targets[real].long())
-        else:
-            action_loss = torch.nn.functional.mse_loss(predictions[real], targets[real])
+        action_loss = window_action_loss(module, fwd_out, batch)
         self.metrics.log_value((module_id, ACTION_LOSS_KEY), action_loss.detach(), reduce="mean")
 
         if module_id not in self._text_corpora:
@@ -184,6 +177,22 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
             (module_id, LANGUAGE_LOSS_KEY), language_loss.detach(), reduce="mean"
         )
         return action_loss + config.language_loss_coeff * language_loss
+
+    def validation_action_losses(self, batch: MultiAgentBatch) -> dict[ModuleID, float]:
+        """The action loss on held-out windows, per module: eval mode (no dropout), no grads."""
+        tensors = self._convert_batch_type(batch)
+        losses = {}
+        for module_id, module_batch in tensors.policy_batches.items():
+            module = self.module[module_id].unwrapped()
+            was_training = module.training
+            module.eval()
+            try:
+                with torch.no_grad():
+                    fwd_out = module.forward_train(module_batch)
+                    losses[module_id] = float(window_action_loss(module, fwd_out, module_batch))
+            finally:
+                module.train(was_training)
+        return losses
 
     @override(TorchLearner)
     def compute_gradients(
@@ -247,6 +256,20 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
         for optimizer in self._base_lrs:
             self._grad_scaler.step(optimizer)
         self._grad_scaler.update()
+
+
+def window_action_loss(
+    module: torch.nn.Module, fwd_out: dict[str, TensorType], batch: dict[str, Any]
+) -> torch.Tensor:
+    """MSE (continuous) or cross-entropy (discrete) over the windows' real, unpadded steps."""
+    predictions = fwd_out[Columns.ACTION_DIST_INPUTS]
+    targets = batch[Columns.ACTIONS]
+    real = batch[ATTENTION_MASK] > 0
+    # Index the real steps rather than multiplying by the mask: padding rows never
+    # enter the loss, whatever the network computed for them.
+    if isinstance(module.action_space, gym.spaces.Discrete):
+        return torch.nn.functional.cross_entropy(predictions[real], targets[real].long())
+    return torch.nn.functional.mse_loss(predictions[real], targets[real])
 
 
 def use_granted_cpus() -> None:
