@@ -36,6 +36,27 @@ from rllib_lamo.experiments.experiment_file import load_experiments
 from rllib_lamo.experiments.tracking import LaMoMLflowCallback
 
 BC_STOP_ITERATION = 4
+# Lines a user should not have to read (each was once printed by a default run).
+CONSOLE_NOISE = (
+    "DeprecationWarning",
+    "FutureWarning",
+    "UserWarning",
+    "Token authentication",
+    "Started a local Ray instance",
+    "Configuration for experiment",
+    "tensorboard",
+    "Install gputil",
+    "max_restarts",
+    "CloudPickle",
+    "Downloading artifacts",
+    "Failed to kill actor",
+    "Progress bars disabled",
+    "new API stack",
+    "Creating initial MLflow database",
+    "Trainable.setup took",
+    "Checkpoint successfully created",
+    "may be a performance bottleneck",
+)
 
 
 def test_no_mlflow_flag_leaves_only_the_progress_table(
@@ -273,6 +294,9 @@ def test_lamo_train_and_evaluate(tmp_path: Path) -> None:
     write_workdir(tmp_path, {"hopper-lamo-tiny": experiment})
     trained = run_rllib("train", "file", "experiments.yaml", *SMALL_RAY, cwd=tmp_path, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    console = trained.stdout + trained.stderr
+    assert not [noise for noise in CONSOLE_NOISE if noise.lower() in console.lower()], console
+    assert len(console.splitlines()) <= 40, console  # fits on a screen
     rows = re.findall(r"^\S+_00000\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s", trained.stdout, re.M)
     assert [int(row[0]) for row in rows] == [1, 2], trained.stdout
     iteration, grad_steps, action_loss, language_loss = rows[-1]

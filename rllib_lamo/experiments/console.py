@@ -27,12 +27,22 @@ _ROUTINE_LOGGERS = {
     "mlflow.pyfunc": logging.ERROR,
     "alembic": logging.WARNING,
 }
+# Notices of no use to a user of the command, by logger: the start of their message.
+_NOISE_MESSAGES = {
+    "ray.rllib.algorithms.algorithm_config": ("You are running",),  # "... on the new API stack!"
+    "ray._common.deprecation": ("DeprecationWarning:",),  # RLlib's own internals
+}
 # Settings read by the libraries at start-up (a user's own values win).
 _QUIET_ENVIRONMENT = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # MLflow sets its loggers' level from this when it is imported (INFO by default).
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     # Tune warns when a callback takes > 0.5 s: MLflow's end-of-trial logging does.
     "TUNE_WARN_THRESHOLD_S": "30",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    # Tune's legacy console output, silent at verbose=0 (the new one always prints a box,
+    # the results folder and a TensorBoard hint; our progress table says what matters).
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
 
 
@@ -44,11 +54,10 @@ def quiet_console(verbose: bool) -> None:
         os.environ.setdefault(name, value)
     for name, level in _ROUTINE_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    for name, prefixes in _NOISE_MESSAGES.items():
+        logging.getLogger(name).addFilter(_DropMessages(prefixes))
     for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
-    # MLflow asks for type hints on `predict`; LaMo's input (a dict of arrays) has none it
-    # can describe (see `policy_model.LaMoPolicyModel`).
-    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
 
 
 def ray_init_options(verbose: bool) -> dict[str, Any]:
@@ -60,3 +69,14 @@ def ray_init_options(verbose: bool) -> dict[str, Any]:
         "logging_level": logging.WARNING,
         "runtime_env": {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}},
     }
+
+
+class _DropMessages(logging.Filter):
+    """Drops a logger's records whose message starts with one of `prefixes`."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)

@@ -5,9 +5,11 @@ ones. This prints one row per training iteration with what a Decision-Transforme
 judged by, each read from the first of a few candidate keys so that any RLlib algorithm gets a
 useful table and columns show "-" until their metric appears:
 
-- training: gradient steps, action and language loss, learning rate;
-- this iteration's own wall time split into data, learner and evaluation seconds, and gradient
-  steps per second of training (`rllib_lamo.iteration_times`; RLlib's timers are smoothed);
+- training: gradient steps, action loss, the held-out action loss (``validation_fraction``),
+  language loss, learning rate;
+- this iteration's own learner and evaluation seconds, and gradient steps per second of
+  training (`rllib_lamo.iteration_times`; RLlib's timers are smoothed; the data time is in
+  the results and MLflow, no longer worth a column since windows are cut in memory);
 - after evaluations: ``final``, this evaluation's best target; ``best``, the best evaluation
   so far; ``paper n/N``, the paper's reported number (each target's mean over the last N
   evaluations, then the best target) with the n evaluations it averages so far. Normalised
@@ -82,9 +84,8 @@ COLUMNS: tuple[Column, ...] = (
     Column(
         "lr",
         (m.learner_metric(m.LR_HEADS_KEY), m.learner_metric(m.DEFAULT_OPTIMIZER_LR_KEY)),
-        8,
+        7,
     ),
-    Column("data s", (m.DATA_S,), 6),
     Column("learn s", (m.LEARNER_S,), 7),
     Column("eval s", (m.EVALUATION_S,), 6),
     Column("steps/s", (m.STEPS_PER_S,), 7),
