@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +112,11 @@ class LaMoOfflineData(OfflineData):
             return batch.select(EPISODE_COLUMNS)
 
         blocks = self.data.map_batches(validated, batch_format="pyarrow", **self.map_batches_kwargs)
-        tables = [table for table in ray.get(blocks.to_arrow_refs()) if table.num_rows]
+        with warnings.catch_warnings():
+            # Ray Data warns when a small dataset has fewer read blocks than the two tasks
+            # allowed: harmless here (one read, of what there is).
+            warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
+            tables = [table for table in ray.get(blocks.to_arrow_refs()) if table.num_rows]
         if not tables:
             raise ValueError(f"{folder}: no episodes to train on (empty dataset).")
         # Blocks finish in any order; sorting by id makes the episodes (and batches) exact.

@@ -213,7 +213,7 @@ def test_bc_train_interrupt_and_resume(
 
 
 def test_a_killed_run_resumes_from_its_newest_checkpoint(tmp_path: Path) -> None:
-    """SIGKILL to the whole process group just after a checkpoint; `--resume` continues
+    """SIGKILL to the whole process group 3 s after a checkpoint; `--resume` continues
     from that checkpoint (not the one before), and `progress.csv` stays aligned with its
     header although evaluation and validation columns come and go."""
     from rllib_lamo.checkpoints import missing_checkpoint_files
@@ -235,7 +235,7 @@ def test_a_killed_run_resumes_from_its_newest_checkpoint(tmp_path: Path) -> None
     )
     try:
         _wait_for(lambda: any(experiment_dir.glob("LaMo_*/checkpoint_000001")), first, 480)
-        time.sleep(0.5)
+        time.sleep(3)  # the command saves Tune's experiment state every 2 s
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.communicate(timeout=60)
