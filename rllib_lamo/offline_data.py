@@ -171,18 +171,27 @@ class LaMoOfflineData(OfflineData):
             return None
         if self._validation_batch is None:
             config = self.config
-            windows = sample_windows(
+            self._validation_batch = self._windows(
                 self.validation_episodes,
-                num_windows=config.validation_num_windows,
-                context_len=config.context_len,
-                rtg_scale=config.rtg_scale,
-                max_ep_len=config.max_ep_len,
-                rng=np.random.default_rng([config.data_subset_seed, 1]),
-            )
-            self._validation_batch = MultiAgentBatch(
-                {DEFAULT_MODULE_ID: SampleBatch(windows)}, env_steps=config.validation_num_windows
+                config.validation_num_windows,
+                np.random.default_rng([config.data_subset_seed, 1]),
             )
         return self._validation_batch
+
+    def _windows(
+        self, episodes: EpisodeBlock, num_windows: int, rng: np.random.Generator
+    ) -> MultiAgentBatch:
+        """`num_windows` K-step windows at random steps of `episodes`, as a batch."""
+        config = self.config
+        windows = sample_windows(
+            episodes,
+            num_windows=num_windows,
+            context_len=config.context_len,
+            rtg_scale=config.rtg_scale,
+            max_ep_len=config.max_ep_len,
+            rng=rng,
+        )
+        return MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(windows)}, env_steps=num_windows)
 
     @property
     def epoch(self) -> int:
@@ -195,18 +204,12 @@ class LaMoOfflineData(OfflineData):
         Batch i depends only on the seed and i, so a restored run continues with the very
         batches an uninterrupted one would have seen.
         """
-        config = self.config
-        windows = sample_windows(
-            self.episodes,
-            num_windows=num_samples,
-            context_len=config.context_len,
-            rtg_scale=config.rtg_scale,
-            max_ep_len=config.max_ep_len,
-            rng=np.random.default_rng([self.seed, self.batches_served]),
+        batch = self._windows(
+            self.episodes, num_samples, np.random.default_rng([self.seed, self.batches_served])
         )
         self.batches_served += 1
         self.windows_served += num_samples
-        return MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(windows)}, env_steps=num_samples)
+        return batch
 
     @property
     def default_map_batches_kwargs(self) -> dict[str, Any]:

@@ -174,14 +174,7 @@ def test_bc_train_interrupt_and_resume(
         bc_experiment(BC_STOP_ITERATION, min_time_s_per_iteration=1),
     )
     experiment_dir = bc_workdir / "ray_results" / "cartpole-bc"
-    first = subprocess.Popen(
-        [*RLLIB, "train", "file", "bc.yaml", "--checkpoint-freq", "1", *SMALL_RAY],
-        cwd=bc_workdir,
-        env=rllib_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = _start_training("bc.yaml", bc_workdir)
     try:
         _wait_for(lambda: any(experiment_dir.glob("BC_*/checkpoint_000000")), first, 240)
         first.send_signal(signal.SIGINT)
@@ -224,15 +217,8 @@ def test_a_killed_run_resumes_from_its_newest_checkpoint(tmp_path: Path) -> None
     experiment["stop"] = {"training_iteration": 5}
     write_workdir(tmp_path, {"killed": experiment})
     experiment_dir = tmp_path / "ray_results" / "killed"
-    first = subprocess.Popen(
-        [*RLLIB, "train", "file", "experiments.yaml", "--checkpoint-freq", "1", *SMALL_RAY],
-        cwd=tmp_path,
-        env=rllib_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: the kill takes Ray's processes too
-    )
+    # Its own process group: the kill takes Ray's processes too.
+    first = _start_training("experiments.yaml", tmp_path, start_new_session=True)
     try:
         _wait_for(lambda: any(experiment_dir.glob("LaMo_*/checkpoint_000001")), first, 480)
         time.sleep(3)  # the command saves Tune's experiment state every 2 s
@@ -308,6 +294,19 @@ def test_lamo_train_and_evaluate(tmp_path: Path) -> None:
 
     table = evaluation_table_of(str(checkpoint), cwd=tmp_path)
     assert table[-1].startswith("best target: 50 (return ")
+
+
+def _start_training(file: str, workdir: Path, **popen: object) -> subprocess.Popen:
+    """`rllib train file FILE --checkpoint-freq 1` in the background, output captured."""
+    return subprocess.Popen(
+        [*RLLIB, "train", "file", file, "--checkpoint-freq", "1", *SMALL_RAY],
+        cwd=workdir,
+        env=rllib_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def _wait_for(condition, process: subprocess.Popen, timeout: float) -> None:
