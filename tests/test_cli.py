@@ -176,7 +176,7 @@ def test_bc_train_interrupt_and_resume(
     experiment_dir = bc_workdir / "ray_results" / "cartpole-bc"
     first = _start_training("bc.yaml", bc_workdir)
     try:
-        _wait_for(lambda: any(experiment_dir.glob("BC_*/checkpoint_000000")), first, 240)
+        _wait_for(lambda: any(experiment_dir.glob("BC_*/checkpoint_000000")), first, 600)
         first.send_signal(signal.SIGINT)
         out, err = first.communicate(timeout=120)
     finally:
