@@ -161,6 +161,7 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------- real runs through Tune
+@pytest.mark.slow  # ~2 min; resume itself is in the default suite (the SIGKILL test below)
 def test_bc_train_interrupt_and_resume(
     bc_workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
