@@ -685,6 +685,9 @@ def _decision_transformer_config() -> GPT2Config:
         n_head=1,
         n_inner=4 * hidden,
         activation_function="relu",
+        # No vocabulary, so no special tokens (GPT-2's 50256 would be out of range).
+        bos_token_id=None,
+        eos_token_id=None,
     )
 
 

@@ -26,6 +26,7 @@ _ROUTINE_LOGGERS = {
     # MLflow says at WARNING level that pyfunc models are pickles (README: trusted sources).
     "mlflow.pyfunc": logging.ERROR,
     "alembic": logging.WARNING,
+    "transformers": logging.ERROR,
 }
 # Notices of no use to a user of the command, by logger: the start of their message.
 _NOISE_MESSAGES = {
