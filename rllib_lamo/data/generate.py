@@ -67,6 +67,8 @@ class TaskRecipe:
     # Levels recorded with the deterministic policy (their evaluation also picks the checkpoint);
     # the others are recorded stochastically, as D4RL recorded its SAC policies.
     deterministic_levels: tuple[str, ...] = ()
+    # Training envs stepped together: more of them spread the agent's per-step overhead.
+    num_envs: int = 1
     # Options of the env the agent trains on (e.g. a shaped reward); evaluations, which pick and
     # stop policies, and recorded datasets always use the task's own env.
     train_env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -108,12 +110,20 @@ TASKS: dict[str, TaskRecipe] = {
     # Reacher2d's reward is sparse (1 on the target, else 0): PPO trains on the dense option
     # (minus the L1 distance added), while evaluations and every recorded set use the sparse
     # reward. "Medium" is 1/3 of the paper's expert reference (100), as for the MuJoCo tasks.
+    # 8 envs x 256 steps per update (the same 2048 as one env's default) and gamma 0.95 for
+    # 100-step episodes: measured here, ~3x the steps/s of one env.
     "reacher2d": TaskRecipe(
         env_id=TASK_ENVS["reacher2d"],
         algorithm="PPO",
-        hyperparameters={"policy_kwargs": {"log_std_init": -1.0}},
-        medium_max_steps=300_000,
-        expert_train_steps=500_000,
+        hyperparameters={
+            "policy_kwargs": {"log_std_init": -1.0},
+            "n_steps": 256,
+            "batch_size": 64,
+            "gamma": 0.95,
+        },
+        num_envs=8,
+        medium_max_steps=400_000,
+        expert_train_steps=600_000,
         eval_episodes=20,
         deterministic_levels=("expert",),
         train_env_kwargs={"reward_type": "dense"},
@@ -292,7 +302,9 @@ def _new_model(recipe: TaskRecipe, seed: int) -> Any:
     from stable_baselines3.common.env_util import make_vec_env
 
     algorithm = getattr(sb3, recipe.algorithm)
-    env = make_vec_env(recipe.env_id, n_envs=1, seed=seed, env_kwargs=recipe.train_env_kwargs)
+    env = make_vec_env(
+        recipe.env_id, n_envs=recipe.num_envs, seed=seed, env_kwargs=recipe.train_env_kwargs
+    )
     return algorithm("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **recipe.hyperparameters)
 
 
