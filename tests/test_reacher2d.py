@@ -155,3 +155,40 @@ def test_scores_map_reacher2d_to_the_papers_references():
     assert refs.normalise(33.0) == pytest.approx(33.0)  # return / 100, in percent
     # gymnasium's dense-reward Reacher is another task, without references.
     assert reference_scores("Reacher-v5") is None
+
+
+def test_a_reacher2d_dataset_with_nan_rewards_is_refused_naming_file_and_field(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rllib_lamo.data.format import DatasetError, list_shards
+    from rllib_lamo.data.validation import validate_dataset
+    from rllib_lamo.data.writer import EpisodeDatasetWriter
+
+    env = gym.make(REACHER2D_ID)
+    rng = np.random.default_rng(0)
+    with EpisodeDatasetWriter(
+        tmp_path / "reacher2d-nan",
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        env_id=REACHER2D_ID,
+        source={"generator": "test"},
+    ) as writer:
+        for seed in range(2):
+            obs, _ = env.reset(seed=seed)
+            actions = rng.uniform(-1, 1, (100, 2)).astype(np.float32)
+            observations, rewards = [], []
+            for action in actions:
+                observations.append(obs)
+                obs, reward, *_ = env.step(action)
+                rewards.append(reward)
+            writer.add_episode(np.array(observations), actions, np.array(rewards), False)
+    shard = list_shards(tmp_path / "reacher2d-nan")[0]
+    table = pq.read_table(shard)
+    rewards = table.column("rewards").to_pylist()
+    rewards[1][50] = float("nan")
+    index = table.schema.get_field_index("rewards")
+    table = table.set_column(index, "rewards", pa.array(rewards, table.schema.field(index).type))
+    pq.write_table(table, shard)
+    with pytest.raises(DatasetError, match=r"episodes-00000\.parquet.*field 'rewards'.*NaN"):
+        validate_dataset(tmp_path / "reacher2d-nan")
