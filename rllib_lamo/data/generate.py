@@ -369,12 +369,12 @@ def _make_callback(
             actions = self.locals.get("clipped_actions", self.locals["actions"])
             infos = self.locals["infos"]
             key = recipe.task_reward_info_key
-            rewards = (
+            step_rewards = (
                 np.array([info[key] for info in infos])
                 if key is not None
                 else np.array(self.locals["rewards"])
             )
-            self._assembler.record(np.asarray(self.model._last_obs), actions, rewards)
+            self._assembler.record(np.asarray(self.model._last_obs), actions, step_rewards)
             dones = np.asarray(self.locals["dones"], dtype=bool)
             truncated = np.array([info.get("TimeLimit.truncated", False) for info in infos])
             for _env, obs, ep_actions, rewards, terminated in self._assembler.finish(
