@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import gymnasium as gym
 import mujoco
@@ -139,13 +141,25 @@ def test_same_seed_same_episode():
 
 
 def test_renders_offscreen():
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    env = gym.make(REACHER2D_ID, render_mode="rgb_array", width=96, height=64)
-    env.reset(seed=0)
-    frame = env.render()
-    env.close()
-    assert frame.shape == (64, 96, 3) and frame.dtype == np.uint8
-    assert frame.std() > 1.0  # the arm and target are drawn, not a blank image
+    """In a subprocess: an EGL context in the test process can crash later CUDA/triton imports."""
+    script = (
+        "import gymnasium as gym, numpy as np, rllib_lamo\n"
+        f"env = gym.make({REACHER2D_ID!r}, render_mode='rgb_array', width=96, height=64)\n"
+        "env.reset(seed=0)\n"
+        "frame = env.render()\n"
+        "print(frame.shape, frame.dtype, float(frame.std()))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    *shape_words, dtype, std = completed.stdout.split()
+    assert " ".join(shape_words) == "(64, 96, 3)" and dtype == "uint8"
+    assert float(std) > 1.0  # the arm and target are drawn, not a blank image
 
 
 def test_scores_map_reacher2d_to_the_papers_references():
