@@ -136,3 +136,40 @@ def test_shipped_dataset_is_reproduced_by_its_command(tmp_path):
 def test_random_reference_return_is_measured_not_assumed():
     value = generation.measure_random_return("Hopper-v5", episodes=20, seed=123)
     assert np.isfinite(value) and -50 < value < 100
+
+
+def test_generate_reacher2d_trains_on_the_dense_reward_and_records_the_sparse_one(
+    tmp_path, monkeypatch
+):
+    """`lamo-data generate reacher2d`: PPO on the shaped reward, data with the task's reward."""
+    recipe = dataclasses.replace(
+        generation.TASKS["reacher2d"],
+        medium_max_steps=2048,
+        eval_every=1024,
+        eval_episodes=2,
+    )
+    monkeypatch.setitem(generation.TASKS, "reacher2d", recipe)
+    cache = tmp_path / "cache"
+    common = ["--steps", "300", "--seed", "0", "--cache-dir", str(cache), "--no-progress"]
+    out = tmp_path / "reacher2d-medium-v0"
+    assert main(["generate", "reacher2d", "--kind", "medium", "--out", str(out), *common]) == 0
+    replay = tmp_path / "reacher2d-medium-replay-v0"
+    replay_args = ["generate", "reacher2d", "--kind", "medium-replay", "--out", str(replay)]
+    assert main([*replay_args, *common]) == 0
+    meta, replay_meta = validate_dataset(out), validate_dataset(replay)
+    assert meta["env_id"] == replay_meta["env_id"] == "Reacher2d-v0"
+    assert meta["num_steps"] == 100 * meta["num_episodes"] >= 300  # 100-step episodes
+    # The replay set is the training run's complete episodes (8 envs x 256 steps: 2 each),
+    # with the sparse reward.
+    assert replay_meta["num_steps"] == 1600
+    for path in (out, replay):
+        for episode in iter_episodes(path):
+            assert set(np.unique(episode.rewards)) <= {0.0, 1.0}
+            assert episode.obs.shape == (100, 12) and not episode.terminated
+    policy = meta["policy"]
+    assert policy["train_env_kwargs"] == {"reward_type": "dense"}
+    assert policy["target_return"] == pytest.approx(100 / 3)
+    assert policy["evaluated_return"]["episodes"] == 2
+    assert meta["v5_random_score"] == generation.V5_RANDOM_RETURNS["Reacher2d-v0"]
+    # Normalised = return / 100 in percent (the paper's references, 0 and 100).
+    assert meta["normalised_return"]["mean"] == pytest.approx(meta["return"]["mean"])

@@ -24,7 +24,12 @@ from rllib_lamo.data.names import (
             "halfcheetah-medium-expert-v5-2m",
             GeneratedDatasetName("halfcheetah", "medium-expert", 2_000_000),
         ),
+        (
+            "reacher2d-medium-replay-v0-100k",
+            GeneratedDatasetName("reacher2d", "medium-replay", 100_000),
+        ),
         ("hopper-medium-v4", None),
+        ("reacher2d-medium-v5", None),
         ("ant-medium-v5", None),
         ("hopper-random-v5", None),
         ("hopper-medium-v5-10g", None),

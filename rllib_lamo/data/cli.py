@@ -106,12 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "generate",
         _generate,
-        "train a behaviour policy on a MuJoCo v5 task (or reuse "
+        "train a behaviour policy on a MuJoCo v5 task or Reacher2d-v0 (or reuse "
         "it from the cache) and record a D4RL-style dataset",
     )
     p.add_argument("task", choices=sorted(TASKS))
     p.add_argument("--kind", choices=KINDS, default="medium")
-    p.add_argument("--out", default=None, help="output folder (default ./<task>-<kind>-v5)")
+    p.add_argument("--out", default=None, help="output folder (default ./<task>-<kind>-v<N>)")
     p.add_argument("--steps", type=int, default=DEFAULT_NUM_STEPS, help="steps per policy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="trained policies")

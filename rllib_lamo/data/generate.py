@@ -1,7 +1,8 @@
-"""Behaviour datasets for gymnasium's MuJoCo v5 tasks, following D4RL's recipe.
+"""Behaviour datasets for gymnasium's MuJoCo v5 tasks and LaMo's Reacher2d, as D4RL made them.
 
 D4RL's v2 MuJoCo datasets were recorded on the retired mujoco-py v2 envs; on gymnasium's v5 envs
-they are neither loadable nor exactly comparable, so we regenerate them:
+they are neither loadable nor exactly comparable, so we regenerate them (and Reacher2d's, which
+the paper also recorded with a PPO policy):
 
 * ``medium``: a policy trained until its evaluated return reaches ~1/3 of D4RL's expert score,
   then rolled out for ``num_steps`` steps;
@@ -42,11 +43,13 @@ V5_RANDOM_RETURNS: dict[str, float] = {
     "Hopper-v5": 17.50,
     "Walker2d-v5": 1.44,
     "HalfCheetah-v5": -303.17,
+    "Reacher2d-v0": 0.26,
 }
 # Mean return of our own expert datasets (`lamo-data generate TASK --kind expert`, seed 0, 1M
 # steps), measured on this project's machine; tasks whose expert was not generated are absent.
 V5_EXPERT_RETURNS: dict[str, float] = {
     "Hopper-v5": 3249.54,
+    "Reacher2d-v0": 64.50,
 }
 
 
@@ -65,6 +68,14 @@ class TaskRecipe:
     # Levels recorded with the deterministic policy (their evaluation also picks the checkpoint);
     # the others are recorded stochastically, as D4RL recorded its SAC policies.
     deterministic_levels: tuple[str, ...] = ()
+    # Training envs stepped together: more of them spread the agent's per-step overhead.
+    num_envs: int = 1
+    # Options of the env the agent trains on (e.g. a shaped reward); evaluations, which pick and
+    # stop policies, and recorded datasets always use the task's own env.
+    train_env_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The info key holding the task's own reward when the training env's reward differs from
+    # it: the medium-replay set records that one.
+    task_reward_info_key: str | None = None
 
     def rollout_mode(self, level: str) -> str:
         return "deterministic" if level in self.deterministic_levels else "stochastic"
@@ -96,6 +107,29 @@ TASKS: dict[str, TaskRecipe] = {
         medium_max_steps=400_000,
         expert_train_steps=1_000_000,
         eval_every=10_000,
+    ),
+    # Reacher2d's reward is sparse (1 on the target, else 0): PPO trains on the dense option
+    # (minus the L1 distance added), while evaluations and every recorded set use the sparse
+    # reward. "Medium" is 1/3 of the paper's expert reference (100), as for the MuJoCo tasks.
+    # 8 envs x 256 steps per update (the same 2048 as one env's default) and gamma 0.95 for
+    # 100-step episodes; one env with gamma 0.99 still returned 0 after 82k steps here, 8 envs
+    # also ran more steps/s (datasets/README.md).
+    "reacher2d": TaskRecipe(
+        env_id=TASK_ENVS["reacher2d"],
+        algorithm="PPO",
+        hyperparameters={
+            "policy_kwargs": {"log_std_init": -1.0},
+            "n_steps": 256,
+            "batch_size": 64,
+            "gamma": 0.95,
+        },
+        num_envs=8,
+        medium_max_steps=400_000,
+        expert_train_steps=600_000,
+        eval_episodes=20,
+        deterministic_levels=("expert",),
+        train_env_kwargs={"reward_type": "dense"},
+        task_reward_info_key="sparse_reward",
     ),
 }
 
@@ -262,6 +296,7 @@ class PolicyRecord:
     target_return: float | None
     seed: int
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    train_env_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. a shaped reward
 
 
 def _new_model(recipe: TaskRecipe, seed: int) -> Any:
@@ -269,7 +304,9 @@ def _new_model(recipe: TaskRecipe, seed: int) -> Any:
     from stable_baselines3.common.env_util import make_vec_env
 
     algorithm = getattr(sb3, recipe.algorithm)
-    env = make_vec_env(recipe.env_id, n_envs=1, seed=seed)
+    env = make_vec_env(
+        recipe.env_id, n_envs=recipe.num_envs, seed=seed, env_kwargs=recipe.train_env_kwargs
+    )
     return algorithm("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **recipe.hyperparameters)
 
 
@@ -331,13 +368,16 @@ def _make_callback(
         def _record_transition(self) -> None:
             # SB3 adds a bootstrap value to truncated rewards right after this callback: copy.
             actions = self.locals.get("clipped_actions", self.locals["actions"])
-            self._assembler.record(
-                np.asarray(self.model._last_obs), actions, np.array(self.locals["rewards"])
+            infos = self.locals["infos"]
+            key = recipe.task_reward_info_key
+            step_rewards = (
+                np.array([info[key] for info in infos])
+                if key is not None
+                else np.array(self.locals["rewards"])
             )
+            self._assembler.record(np.asarray(self.model._last_obs), actions, step_rewards)
             dones = np.asarray(self.locals["dones"], dtype=bool)
-            truncated = np.array(
-                [info.get("TimeLimit.truncated", False) for info in self.locals["infos"]]
-            )
+            truncated = np.array([info.get("TimeLimit.truncated", False) for info in infos])
             for _env, obs, ep_actions, rewards, terminated in self._assembler.finish(
                 dones, dones & ~truncated
             ):
@@ -472,6 +512,7 @@ def train_policy(
         target_return=target,
         seed=seed,
         evaluations=callback.evaluations,
+        train_env_kwargs=recipe.train_env_kwargs,
     )
     if replay_writer is not None:
         replay_writer.policy = asdict(record)
@@ -573,7 +614,7 @@ def generate(
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Write one D4RL-style dataset for ``task`` (hopper, walker2d, halfcheetah)."""
+    """Write one D4RL-style dataset for ``task`` (hopper, walker2d, halfcheetah, reacher2d)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
     if kind not in KINDS:

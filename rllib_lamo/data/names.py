@@ -1,9 +1,9 @@
 """Names of the datasets `lamo-data generate` makes: one grammar for generating them, for the
 hint when one is missing and for experiment files that name one that does not exist yet.
 
-``<task>-<kind>-v5`` (the generator's default size) or ``<task>-<kind>-v5-<N>k|m`` (N thousand
-or million steps), e.g. ``hopper-medium-v5``, ``walker2d-medium-replay-v5-200k``: D4RL's names
-with the gymnasium env version.
+``<task>-<kind>-v<V>`` (the generator's default size) or ``<task>-<kind>-v<V>-<N>k|m`` (N
+thousand or million steps), e.g. ``hopper-medium-v5``, ``walker2d-medium-replay-v5-200k``,
+``reacher2d-medium-v0``: D4RL's names with the gymnasium env's version.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# The tasks we generate data for and their gymnasium envs.
+# The tasks we generate data for and their gymnasium envs (Reacher2d-v0 is ours:
+# rllib_lamo.envs).
 TASK_ENVS: dict[str, str] = {
     "hopper": "Hopper-v5",
     "walker2d": "Walker2d-v5",
     "halfcheetah": "HalfCheetah-v5",
+    "reacher2d": "Reacher2d-v0",
 }
 KINDS = ("medium", "medium-replay", "expert", "medium-expert")
 DEFAULT_NUM_STEPS = 1_000_000
