@@ -26,6 +26,7 @@ def ray_cluster():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never a `ray start` head another job left on this machine
             num_cpus=6,
             object_store_memory=400 * 1024**2,
             include_dashboard=False,

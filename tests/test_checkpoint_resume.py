@@ -17,7 +17,7 @@ HOPPER = REPO / "datasets" / "hopper-medium-v5"
 SCRIPT = r"""
 import json, sys
 import ray
-ray.init(num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False,
+ray.init(address="local", num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False,
          log_to_driver=False)
 from rllib_lamo.lamo import LaMo, LaMoConfig
 

@@ -541,7 +541,10 @@ def _start_ray(args: argparse.Namespace) -> None:
     if address:
         ray.init(address=address, **options)
     else:
+        # "local": always a cluster of our own; without it Ray joins the newest `ray start` head
+        # on this machine (its /tmp/ray/ray_current_cluster) and then refuses `num_cpus`.
         ray.init(
+            address="local",
             num_cpus=args.ray_num_cpus or max(MIN_LOCAL_NUM_CPUS, os.cpu_count() or 1),
             object_store_memory=(args.ray_object_store_mb or DEFAULT_OBJECT_STORE_MB) * 1024**2,
             include_dashboard=False,
