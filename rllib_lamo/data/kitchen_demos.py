@@ -73,9 +73,19 @@ HAND_AT_DOOR = _rot_z(MICROWAVE_YAW) @ HAND_FORWARD
 OPEN, CLOSE = 1.0, -1.0
 # The arm joints' ranges (FrankaKitchen-v1's model, rad).
 ARM_JOINT_RANGES = np.array(
-    [[-2.9, 2.9], [-1.76, 1.76], [-2.9, 2.9], [-3.07, -0.4], [-2.9, 2.9], [-1.66, 2.11], [-2.9, 2.9]]
+    [
+        [-2.9, 2.9],
+        [-1.76, 1.76],
+        [-2.9, 2.9],
+        [-3.07, -0.4],
+        [-2.9, 2.9],
+        [-1.66, 2.11],
+        [-2.9, 2.9],
+    ]
 )
 CONTROL_DT = 0.08  # s per env step (FrankaKitchen-v1: 40 MuJoCo steps of 2 ms)
+# Heights (m, relative to the lever) of the light-switch pushes: the first, then retries.
+LIGHT_SWITCH_HEIGHTS = (0.0, -0.015, 0.015)
 # A free reach (a "task left out") goes to a point in this box (world frame, metres).
 FREE_REACH_LOW = np.array([-0.55, 0.15, 1.95])
 FREE_REACH_HIGH = np.array([-0.15, 0.35, 2.25])
@@ -237,18 +247,35 @@ class KitchenScript:
         )
 
     def _light_switch(self) -> Iterator[Target]:
+        # The lever is 4 cm tall: a push that passes over or under it is retried lower, then
+        # higher, as long as the lever has not been switched.
         lever = self.scene.site_position("light switch") + self._jitter()
-        yield from self._reach(
-            lever + np.array([0.07, -0.03, 0.0]), HAND_FORWARD, CLOSE, tolerance=0.02, max_steps=35
-        )
-        yield from self._reach(
-            lever + np.array([-0.14, -0.03, 0.0]),
-            HAND_FORWARD,
-            CLOSE,
-            tolerance=0.02,
-            max_steps=30,
-            until=self._done("light switch"),
-        )
+        done = self._done("light switch")
+        for height in LIGHT_SWITCH_HEIGHTS:
+            if done():
+                return
+            yield from self._reach(
+                lever + np.array([0.07, -0.06, height]),
+                HAND_FORWARD,
+                CLOSE,
+                tolerance=0.03,
+                max_steps=35,
+            )
+            yield from self._reach(
+                lever + np.array([0.07, -0.02, height]),
+                HAND_FORWARD,
+                CLOSE,
+                tolerance=0.015,
+                max_steps=15,
+            )
+            yield from self._reach(
+                lever + np.array([-0.14, -0.02, height]),
+                HAND_FORWARD,
+                CLOSE,
+                tolerance=0.02,
+                max_steps=30,
+                until=done,
+            )
 
     def _slide_cabinet(self) -> Iterator[Target]:
         handle = self.scene.site_position("slide cabinet") + self._jitter()
@@ -341,8 +368,7 @@ def hand_actions(
 # -------------------------------------------------------------------------------- episodes
 def plan_tasks(kind: str, rng: np.random.Generator) -> tuple[str, ...]:
     """The target tasks one episode of ``kind`` sets out to do, in D4RL's order."""
-    if kind not in KITCHEN_KINDS:
-        raise ValueError(f"unknown kitchen kind {kind!r}; choose from {KITCHEN_KINDS}")
+    check_kind(kind)
     if kind == "complete" or (kind == "partial" and rng.random() < PARTIAL_FULL_SHARE):
         return KITCHEN_TASKS
     size = int(rng.integers(1, 4)) if kind == "partial" else int(rng.integers(2, 4))
@@ -350,34 +376,58 @@ def plan_tasks(kind: str, rng: np.random.Generator) -> tuple[str, ...]:
     return tuple(task for index, task in enumerate(KITCHEN_TASKS) if index in chosen)
 
 
+def check_kind(kind: str) -> None:
+    if kind not in KITCHEN_KINDS:
+        raise ValueError(f"unknown kind {kind!r} for task kitchen; choose from {KITCHEN_KINDS}")
+
+
 @dataclass
 class ScriptedEpisode:
-    """One recorded demonstration and what it set out to do."""
+    """One recorded demonstration: T observations, actions, rewards, and what it set out to do."""
 
     obs: np.ndarray
     actions: np.ndarray
     rewards: np.ndarray
     terminated: bool
     planned: tuple[str, ...]
-    completed: list[str]
+    completed: tuple[str, ...]
+    index: int
 
 
-class _Runner:
-    """One env, its scene and the script of its current episode."""
+class _EpisodeRun:
+    """One env and the episode it is running: its script, noise generator and recorded rows."""
 
-    def __init__(self, seed: int):
+    def __init__(self) -> None:
         self.env = gym.make(KITCHEN_ID)
-        self.base = self.env.unwrapped
-        self.seed = seed
-        self.scene: KitchenScene | None = None
 
-    def start(self, episode_seed: int, kind: str, rng: np.random.Generator, noise: ScriptNoise,
-              gains: ControllerGains) -> None:
-        self.obs, info = self.env.reset(seed=episode_seed)
-        self.scene = KitchenScene(self.base.model, self.base.data)
-        self.script = KitchenScript(self.scene, plan_tasks(kind, rng), rng, noise, gains.max_speed)
-        self.completed: list[str] = []
+    def start(self, index: int, seed: int, kind: str, noise: ScriptNoise, max_speed: float):
+        self.index = index
+        # Plan and noise depend on the episode only, not on which env runs it.
+        self.rng = np.random.default_rng([seed, index])
+        self.obs, _ = self.env.reset(seed=seed + index)
+        base = self.env.unwrapped
+        self.scene = KitchenScene(base.model, base.data)
+        self.script = KitchenScript(
+            self.scene, plan_tasks(kind, self.rng), self.rng, noise, max_speed
+        )
+        self.completed: tuple[str, ...] = ()
+        self.terminated = False
         self.rows: list[tuple[np.ndarray, np.ndarray, float]] = []
+
+    def record(self, action: np.ndarray) -> bool:
+        """Step the env; True when the episode ended there."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.rows.append((self.obs, action, reward))
+        self.obs = obs
+        self.completed = tuple(info["episode_task_completions"])
+        self.terminated = terminated
+        return terminated or truncated
+
+    def episode(self) -> ScriptedEpisode:
+        obs, actions, rewards = (np.array(column) for column in zip(*self.rows, strict=True))
+        return ScriptedEpisode(
+            obs, actions, rewards, self.terminated, self.script.tasks, self.completed, self.index
+        )
 
 
 def run_scripted_episodes(
@@ -390,64 +440,159 @@ def run_scripted_episodes(
     noise: ScriptNoise = ScriptNoise(),
     gains: ControllerGains = ControllerGains(),
 ) -> None:
-    """Record scripted episodes until ``num_steps`` steps of whole episodes are done.
+    """Record scripted episodes until the finished ones hold ``num_steps`` steps.
 
-    ``num_envs`` envs advance together so that the controller's Jacobian solves are batched;
-    MuJoCo itself steps one env at a time. Episode ``k`` resets with seed ``seed + k`` and
-    draws its plan and noise from its own generator, so a dataset does not depend on
-    ``num_envs``.
+    ``num_envs`` envs advance together so that the controller's Jacobian solves are batched
+    (MuJoCo steps one env at a time). Episode ``k`` resets with seed ``seed + k`` and draws its
+    plan and noise from its own generator, so its content does not depend on ``num_envs``.
+    As for the MuJoCo sets, new episodes start only while the finished ones are short of the
+    budget, and running ones always finish (no bias towards short episodes).
     """
-    if kind not in KITCHEN_KINDS:
-        raise ValueError(f"unknown kitchen kind {kind!r}; choose from {KITCHEN_KINDS}")
-    runners = [_Runner(seed) for _ in range(num_envs)]
-    started = {"episodes": 0, "steps": 0}
+    check_kind(kind)
+    # Fewer envs when the budget is a handful of episodes: each env runs at least one.
+    num_envs = max(1, min(num_envs, -(-num_steps // KITCHEN_EPISODE_STEPS)))
+    runs = [_EpisodeRun() for _ in range(num_envs)]
+    counts = {"started": 0, "finished_steps": 0}
 
-    def start(runner: _Runner) -> bool:
-        if started["steps"] >= num_steps:
+    def start_next(run: _EpisodeRun) -> bool:
+        if counts["finished_steps"] >= num_steps:
             return False
-        index = started["episodes"]
-        started["episodes"] += 1
-        rng = np.random.default_rng([seed, index])
-        runner.start(seed + index, kind, rng, noise, gains)
-        runner.rng = rng
+        run.start(counts["started"], seed, kind, noise, gains.max_speed)
+        counts["started"] += 1
         return True
 
-    active = [runner for runner in runners if start(runner)]
+    active = [run for run in runs if start_next(run)]
     try:
         while active:
-            targets = [runner.script.next_target(runner.completed) for runner in active]
-            finished = [runner for runner, target in zip(active, targets) if target is None]
-            stepping = [(r, t) for r, t in zip(active, targets) if t is not None]
-            if stepping:
+            targets = [run.script.next_target(list(run.completed)) for run in active]
+            moving = [
+                (run, target)
+                for run, target in zip(active, targets, strict=True)
+                if target is not None
+            ]
+            ended = [run for run, target in zip(active, targets, strict=True) if target is None]
+            if moving:
                 actions = hand_actions(
-                    [r.scene for r, _ in stepping],
-                    [t for _, t in stepping],
-                    np.array([r.script.max_speed for r, _ in stepping]),
+                    [run.scene for run, _ in moving],
+                    [target for _, target in moving],
+                    np.array([run.script.max_speed for run, _ in moving]),
                     gains,
                 )
-                noise_rows = np.stack([r.rng.normal(0.0, noise.action_std, 9) for r, _ in stepping])
-                actions = np.clip(actions + noise_rows, -1.0, 1.0).astype(np.float32)
-                for (runner, _), action in zip(stepping, actions):
-                    obs, reward, terminated, truncated, info = runner.env.step(action)
-                    runner.rows.append((runner.obs, action, reward))
-                    runner.obs = obs
-                    runner.completed = list(info["episode_task_completions"])
-                    started["steps"] += 1
-                    if terminated or truncated:
-                        runner.terminated = terminated
-                        finished.append(runner)
-            for runner in finished:
-                if runner.rows:
-                    obs, actions_, rewards = (np.array(column) for column in zip(*runner.rows))
-                    on_episode(
-                        ScriptedEpisode(
-                            obs, actions_, rewards, bool(getattr(runner, "terminated", False)),
-                            runner.script.tasks, list(runner.completed),
-                        )
-                    )
-                runner.terminated = False
-                if not start(runner):
-                    active.remove(runner)
+                actions += np.stack([run.rng.normal(0.0, noise.action_std, 9) for run, _ in moving])
+                actions = np.clip(actions, -1.0, 1.0).astype(np.float32)
+                ended += [
+                    run
+                    for (run, _), action in zip(moving, actions, strict=True)
+                    if run.record(action)
+                ]
+            for run in ended:
+                if run.rows:
+                    counts["finished_steps"] += len(run.rows)
+                    on_episode(run.episode())
+                if not start_next(run):
+                    active.remove(run)
     finally:
-        for runner in runners:
-            runner.env.close()
+        for run in runs:
+            run.env.close()
+
+
+def task_counts(episodes_completed: list[int]) -> dict[str, int]:
+    """How many episodes completed 0, 1, ... 4 of the target tasks."""
+    counts = np.bincount(episodes_completed, minlength=len(KITCHEN_TASKS) + 1)
+    return {str(count): int(number) for count, number in enumerate(counts)}
+
+
+def generate_kitchen(
+    kind: str,
+    out: str | os.PathLike,
+    *,
+    num_steps: int,
+    seed: int = 0,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Write a scripted kitchen dataset of ``kind`` with about ``num_steps`` steps."""
+    from rllib_lamo.data.generate import Progress
+    from rllib_lamo.data.writer import EpisodeDatasetWriter
+
+    check_kind(kind)
+    out_path = Path(out)
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"{out_path} already exists (pass --overwrite to replace it)")
+    env = gym.make(KITCHEN_ID)
+    spaces = env.observation_space, env.action_space
+    env.close()
+    noise, gains = ScriptNoise(), ControllerGains()
+    stats: dict[str, list[Any]] = {"completed": [], "all_planned": [], "planned_solved": []}
+    per_task = dict.fromkeys(KITCHEN_TASKS, 0)
+    started = time.perf_counter()
+    progress = Progress(num_steps, f"record kitchen {kind}", show_progress)
+    writer = EpisodeDatasetWriter(
+        out_path,
+        observation_space=spaces[0],
+        action_space=spaces[1],
+        env_id=KITCHEN_ID,
+        name=out_path.name,
+        source={
+            "generator": "rllib_lamo.data.kitchen_demos",
+            "task": "kitchen",
+            "kind": kind,
+            "num_steps": num_steps,
+            "seed": seed,
+            "command": (
+                f"lamo-data generate kitchen --kind {kind} --steps {num_steps} --seed {seed}"
+            ),
+        },
+        policy={
+            "algorithm": "scripted operational-space controller (rllib_lamo.data.kitchen_demos)",
+            "noise": asdict(noise),
+            "gains": asdict(gains),
+            "partial_full_share": PARTIAL_FULL_SHARE if kind == "partial" else None,
+        },
+        seed=seed,
+        overwrite=overwrite,
+    )
+
+    def on_episode(episode: ScriptedEpisode) -> None:
+        writer.add_episode(
+            episode.obs,
+            episode.actions,
+            episode.rewards,
+            episode.terminated,
+            eps_id=f"kitchen-{kind}-s{seed}-{episode.index:06d}",
+        )
+        stats["completed"].append(len(episode.completed))
+        stats["all_planned"].append(len(episode.planned) == len(KITCHEN_TASKS))
+        stats["planned_solved"].append(set(episode.planned) <= set(episode.completed))
+        for task in episode.completed:
+            per_task[task] += 1
+        progress.update(len(episode.rewards))
+
+    with writer:
+        try:
+            run_scripted_episodes(
+                kind,
+                num_steps=num_steps,
+                seed=seed,
+                on_episode=on_episode,
+                noise=noise,
+                gains=gains,
+            )
+        finally:
+            progress.close()
+        writer.extra_metadata = {
+            "kitchen": {
+                "episodes_by_tasks_completed": task_counts(stats["completed"]),
+                "episodes_per_task_completed": per_task,
+                "episodes_planning_all_four": int(np.sum(stats["all_planned"])),
+                "episodes_solving_their_plan": int(np.sum(stats["planned_solved"])),
+            }
+        }
+        meta = writer.close()
+    print(
+        f"wrote {out_path}: {meta['num_episodes']} episodes, {meta['num_steps']} steps, "
+        f"tasks completed per episode (0-4): "
+        f"{meta['kitchen']['episodes_by_tasks_completed']}, mean normalised score "
+        f"{meta['normalised_return']['mean']:.1f} in {time.perf_counter() - started:.0f} s"
+    )
+    return meta
