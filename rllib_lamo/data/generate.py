@@ -625,14 +625,18 @@ def generate(
     if task == "kitchen":  # scripted demonstrations, no behaviour policy to train
         from rllib_lamo.data.kitchen_demos import generate_kitchen
 
-        return generate_kitchen(
-            kind,
-            out_path,
-            num_steps=num_steps,
-            seed=seed,
-            overwrite=overwrite,
-            show_progress=show_progress,
-        )
+        progress = Progress(num_steps, f"record kitchen {kind}", show_progress)
+        try:
+            return generate_kitchen(
+                kind,
+                out_path,
+                num_steps=num_steps,
+                seed=seed,
+                overwrite=overwrite,
+                on_steps=progress.update,
+            )
+        finally:
+            progress.close()
     recipe = TASKS[task]
     cache_dir = Path(cache_dir)
     if out_path.exists() and not overwrite:

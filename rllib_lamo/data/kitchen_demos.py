@@ -45,8 +45,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from rllib_lamo.envs import KITCHEN_EPISODE_STEPS, KITCHEN_ID
-from rllib_lamo.envs.kitchen import KITCHEN_TASKS
+from rllib_lamo.envs import KITCHEN_EPISODE_STEPS, KITCHEN_ID, KITCHEN_TASKS
 
 KITCHEN_KINDS = ("complete", "partial", "mixed")
 # Share of `partial` episodes that set out to do all four tasks.
@@ -509,10 +508,12 @@ def generate_kitchen(
     num_steps: int,
     seed: int = 0,
     overwrite: bool = False,
-    show_progress: bool = True,
+    on_steps: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Write a scripted kitchen dataset of ``kind`` with about ``num_steps`` steps."""
-    from rllib_lamo.data.generate import Progress
+    """Write a scripted kitchen dataset of ``kind`` with about ``num_steps`` steps.
+
+    ``on_steps(n)`` is called with each recorded episode's length (a progress bar).
+    """
     from rllib_lamo.data.writer import EpisodeDatasetWriter
 
     check_kind(kind)
@@ -526,7 +527,6 @@ def generate_kitchen(
     stats: dict[str, list[Any]] = {"completed": [], "all_planned": [], "planned_solved": []}
     per_task = dict.fromkeys(KITCHEN_TASKS, 0)
     started = time.perf_counter()
-    progress = Progress(num_steps, f"record kitchen {kind}", show_progress)
     writer = EpisodeDatasetWriter(
         out_path,
         observation_space=spaces[0],
@@ -566,20 +566,13 @@ def generate_kitchen(
         stats["planned_solved"].append(set(episode.planned) <= set(episode.completed))
         for task in episode.completed:
             per_task[task] += 1
-        progress.update(len(episode.rewards))
+        if on_steps is not None:
+            on_steps(len(episode.rewards))
 
     with writer:
-        try:
-            run_scripted_episodes(
-                kind,
-                num_steps=num_steps,
-                seed=seed,
-                on_episode=on_episode,
-                noise=noise,
-                gains=gains,
-            )
-        finally:
-            progress.close()
+        run_scripted_episodes(
+            kind, num_steps=num_steps, seed=seed, on_episode=on_episode, noise=noise, gains=gains
+        )
         writer.extra_metadata = {
             "kitchen": {
                 "episodes_by_tasks_completed": task_counts(stats["completed"]),

@@ -28,8 +28,9 @@ DEFAULT_NUM_STEPS = 1_000_000
 TASK_NUM_STEPS: dict[str, int] = {"kitchen": 100_000}
 ALL_KINDS = tuple(dict.fromkeys([*KINDS, *(k for kinds in TASK_KINDS.values() for k in kinds)]))
 _STEP_UNITS = {"k": 1_000, "m": 1_000_000}
+_KIND_PATTERN = "|".join(sorted(ALL_KINDS, key=len, reverse=True))
 _NAME = re.compile(
-    rf"^(?P<task>{'|'.join(TASK_ENVS)})-(?P<kind>{'|'.join(sorted(ALL_KINDS, key=len, reverse=True))})"
+    rf"^(?P<task>{'|'.join(TASK_ENVS)})-(?P<kind>{_KIND_PATTERN})"
     r"-v(?P<version>\d+)(?:-(?P<count>\d+)(?P<unit>[km]))?$"
 )
 

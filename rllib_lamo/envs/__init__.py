@@ -13,6 +13,10 @@ REACHER2D_EPISODE_STEPS = 100
 KITCHEN_ID = "LaMoKitchen-v0"
 # D4RL's kitchen time limit (and FrankaKitchen-v1's); an episode also ends when all tasks are done.
 KITCHEN_EPISODE_STEPS = 280
+# D4RL's kitchen target tasks, in the order the kitchen-complete demonstrations do them.
+KITCHEN_TASKS = ("microwave", "kettle", "light switch", "slide cabinet")
+# The flat observation: robot joint positions and velocities, object positions and velocities.
+KITCHEN_OBS_DIM = 59
 
 
 def register_envs() -> None:

@@ -35,13 +35,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.spaces import Box
 
+from rllib_lamo.envs import KITCHEN_OBS_DIM, KITCHEN_TASKS
 from rllib_lamo.envs.mujoco_compat import patch_franka_kitchen
-
-# D4RL's kitchen target tasks, in the order the kitchen-complete demonstrations do them.
-KITCHEN_TASKS = ("microwave", "kettle", "light switch", "slide cabinet")
-KITCHEN_OBS_DIM = 59
-# Index of each task's joints in the object part of the observation (obs[18:39] = object qpos).
-KITCHEN_OBJECT_QPOS = slice(18, 39)
 
 
 class LaMoKitchenEnv(gym.Env):
