@@ -6,7 +6,8 @@ a CPU user data of the same layout on ``LaMoKitchen-v0``. A script drives the en
 through waypoints next to each object's handle and then along the object's joint: an
 operational-space controller maps the wanted end-effector velocity (position and orientation
 error, proportional plus a leaky integral) through MuJoCo's site Jacobian (``mj_jacSite``,
-damped least squares over the 7 arm joints) to the env's joint-velocity action. Per task:
+damped least squares over the 7 arm joints, a null-space pull towards mid-range, joints at a
+limit taken out) to the env's joint-velocity action. Per task:
 
 * microwave: the hand faces the door, grips its handle bar and pulls it along the door's arc
   (a little ahead of the hinge angle, read each step) until the door is open;
@@ -63,26 +64,14 @@ def _rot_z(angle: float) -> np.ndarray:
 
 # The hand pointing forward (+y) with the fingers spread along x, as at the env's start.
 HAND_FORWARD = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-# The microwave is turned 0.3 rad about z; its door's outward normal and its width axis.
+# The microwave is turned 0.3 rad about z; its door's outward normal.
 MICROWAVE_YAW = 0.3
 DOOR_NORMAL = _rot_z(MICROWAVE_YAW) @ np.array([0.0, -1.0, 0.0])
-DOOR_WIDTH = _rot_z(MICROWAVE_YAW) @ np.array([1.0, 0.0, 0.0])
 # For the microwave the hand faces the door, fingers spread across its handle bar.
 HAND_AT_DOOR = _rot_z(MICROWAVE_YAW) @ HAND_FORWARD
 OPEN, CLOSE = 1.0, -1.0
-# The arm joints' ranges (FrankaKitchen-v1's model, rad).
-ARM_JOINT_RANGES = np.array(
-    [
-        [-2.9, 2.9],
-        [-1.76, 1.76],
-        [-2.9, 2.9],
-        [-3.07, -0.4],
-        [-2.9, 2.9],
-        [-1.66, 2.11],
-        [-2.9, 2.9],
-    ]
-)
 CONTROL_DT = 0.08  # s per env step (FrankaKitchen-v1: 40 MuJoCo steps of 2 ms)
+KETTLE_BODY_BELOW_HANDLE = 0.178  # m, from the kettle's handle site to where it is pushed
 # Heights (m, relative to the lever) of the light-switch pushes: the first, then retries.
 LIGHT_SWITCH_HEIGHTS = (0.0, -0.015, 0.015)
 # A free reach (a "task left out") goes to a point in this box (world frame, metres).
@@ -135,6 +124,7 @@ class KitchenScene:
         joint = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, "microwave")
         self.microwave_qpos = int(model.jnt_qposadr[joint])
         self.microwave_hinge = data.xanchor[joint].copy()
+        self.arm_ranges = model.jnt_range[:7].copy()  # the 7 arm joints' limits (rad)
         self.integral = np.zeros(3)  # the controller's leaky integral of the position error
 
     def hand_position(self) -> np.ndarray:
@@ -228,13 +218,15 @@ class KitchenScript:
         )
 
     def _kettle(self) -> Iterator[Target]:
-        kettle = self.scene.site_position("kettle") + self._jitter()
-        height = 1.70 + kettle[2] - 1.878
+        # Push the kettle's body (18 cm below its handle's site) from behind, towards the
+        # top-left burner (+y); 10 cm past its centre is enough to come within 0.3 of the goal.
+        handle = self.scene.site_position("kettle") + self._jitter()
+        body = handle - np.array([0.0, 0.0, KETTLE_BODY_BELOW_HANDLE])
         yield from self._reach(
-            np.array([kettle[0], 0.14, height]), HAND_FORWARD, OPEN, tolerance=0.02, max_steps=50
+            body + np.array([0.0, -0.21, 0.0]), HAND_FORWARD, OPEN, tolerance=0.02, max_steps=50
         )
         yield from self._reach(
-            np.array([kettle[0], 0.45, height]),
+            body + np.array([0.0, 0.10, 0.0]),
             HAND_FORWARD,
             OPEN,
             tolerance=0.02,
@@ -242,7 +234,7 @@ class KitchenScript:
             until=self._done("kettle"),
         )
         yield from self._reach(
-            np.array([kettle[0], 0.30, 2.0]), HAND_FORWARD, CLOSE, tolerance=0.03, max_steps=15
+            handle + np.array([0.0, -0.05, 0.12]), HAND_FORWARD, CLOSE, tolerance=0.03, max_steps=15
         )
 
     def _light_switch(self) -> Iterator[Target]:
@@ -325,6 +317,7 @@ def hand_actions(
     jacobians = np.zeros((count, 6, 7))
     twists = np.zeros((count, 6))
     joints = np.zeros((count, 7))
+    ranges = np.zeros((count, 7, 2))
     grips = np.zeros(count)
     for i, (scene, (position, rotation, grip)) in enumerate(zip(scenes, targets, strict=True)):
         model, data = scene.model, scene.data
@@ -337,12 +330,13 @@ def hand_actions(
         mujoco.mj_jacSite(model, data, translation, rotation_jac, scene.hand)
         jacobians[i, :3], jacobians[i, 3:] = translation[:, :7], rotation_jac[:, :7]
         joints[i] = data.qpos[:7]
+        ranges[i] = scene.arm_ranges
         grips[i] = grip
     speed = np.linalg.norm(twists[:, :3], axis=1, keepdims=True)
     twists[:, :3] *= np.minimum(1.0, max_speeds[:, None] / np.maximum(speed, 1e-9))
     spin = np.linalg.norm(twists[:, 3:], axis=1, keepdims=True)
     twists[:, 3:] *= np.minimum(1.0, gains.max_angular_speed / np.maximum(spin, 1e-9))
-    low, high = ARM_JOINT_RANGES[:, 0], ARM_JOINT_RANGES[:, 1]
+    low, high = ranges[..., 0], ranges[..., 1]
     posture = gains.posture * ((low + high) / 2 - joints) / (high - low)
     free = np.ones((count, 7))
     for _ in range(2):
