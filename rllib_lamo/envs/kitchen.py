@@ -42,6 +42,9 @@ from rllib_lamo.envs.mujoco_compat import patch_franka_kitchen
 class LaMoKitchenEnv(gym.Env):
     """``FrankaKitchen-v1`` with D4RL's four tasks and its flat 59-float observation."""
 
+    # FrankaKitchen-v1's, on the class: `gym.make` checks `render_mode` against it.
+    metadata = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 12}
+
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
         patch_franka_kitchen()
         from gymnasium_robotics.envs.franka_kitchen import KitchenEnv
@@ -53,7 +56,6 @@ class LaMoKitchenEnv(gym.Env):
             render_mode=render_mode,
             **kwargs,
         )
-        self.metadata = self.kitchen.metadata
         self.render_mode = render_mode
         self.action_space = self.kitchen.action_space
         self.observation_space = Box(-np.inf, np.inf, (KITCHEN_OBS_DIM,), np.float64)
