@@ -47,6 +47,9 @@ D4RL_REFERENCE_SCORES: dict[str, ReferenceScores] = {
     "walker2d": ReferenceScores(1.629008, 4592.3, "D4RL"),
     "halfcheetah": ReferenceScores(-280.178953, 12135.0, "D4RL"),
     "reacher2d": ReferenceScores(0.0, 100.0, "LaMo Table 5"),
+    # D4RL's kitchen: a return counts the four target tasks completed, so the score is their
+    # share in percent.
+    "kitchen": ReferenceScores(0.0, 4.0, "D4RL"),
 }
 
 # Env-name prefixes per task. Only the paper's sparse planar arm is Reacher2d: gymnasium's
@@ -56,6 +59,10 @@ _ENV_TASK = {
     "walker2d": "walker2d",
     "halfcheetah": "halfcheetah",
     "reacher2d": "reacher2d",
+    # D4RL's four-task kitchen (``kitchen-partial-v0``) and ours (``LaMoKitchen-v0``), not
+    # gymnasium-robotics' FrankaKitchen-v1, whose default has seven tasks.
+    "kitchen": "kitchen",
+    "lamokitchen": "kitchen",
 }
 
 

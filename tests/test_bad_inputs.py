@@ -163,6 +163,13 @@ def _walker_labelled_hopper_shaped(tmp_path: Path) -> Path:
     return folder
 
 
+def _kitchen_v0_layout(tmp_path: Path) -> Path:
+    """D4RL's kitchen-*-v0 layout (60 floats: positions and goal), e.g. through from-d4rl."""
+    folder = tmp_path / "kitchen-partial-d4rl-v0"
+    write_toy_dataset(folder, 4, obs_dim=60, act_dim=9, env_id="kitchen-partial-v0")
+    return folder
+
+
 ENV_CASES = [
     (
         "env-unknown-id",
@@ -180,6 +187,12 @@ ENV_CASES = [
         lambda tmp_path: (str(_walker_labelled_hopper_shaped(tmp_path)), "Hopper-v5"),
         "/walker-labelled/metadata.json: env_id is 'Walker2d-v5', but `env` is 'Hopper-v5': "
         "expected a dataset recorded on hopper (any version), or set `env` to 'Walker2d-v5'.",
+    ),
+    (
+        "kitchen-dataset-obs-size",
+        lambda tmp_path: (str(_kitchen_v0_layout(tmp_path)), "LaMoKitchen-v0"),
+        "/kitchen-partial-d4rl-v0/metadata.json: observation_space is Box(-inf, inf, (60,), "
+        "float32), but env 'LaMoKitchen-v0' has Box(-inf, inf, (59,), float64).",
     ),
     (
         "dataset-no-episodes",
@@ -527,6 +540,13 @@ TOOL_CASES = [
         "/small already exists (pass --overwrite to replace it)",
     ),
     (
+        "data-generate-kitchen-unknown-kind",
+        lambda tmp_path: ["lamo-data", "generate", "kitchen", "--kind", "medium", "--out", "k"],
+        1,
+        "lamo-data generate: error: unknown kind 'medium' for task kitchen; choose from "
+        "('complete', 'partial', 'mixed')",
+    ),
+    (
         "report-mistyped-store",
         _report_from_mistyped_store,
         2,
@@ -579,6 +599,9 @@ CASE_INPUTS = {
     "dataset-other-env-id": "`env: Hopper-v5` on data whose metadata says Walker2d-v5 "
     "(same shapes)",
     "dataset-no-episodes": "a dataset whose metadata.json has `num_episodes: 0`",
+    "kitchen-dataset-obs-size": "`env: LaMoKitchen-v0` on data in D4RL's kitchen-v0 layout "
+    "(obs 60 vs 59)",
+    "data-generate-kitchen-unknown-kind": "`lamo-data generate kitchen --kind medium`",
     "cli-lora_rank-text": '`rllib train file ... --config \'{"lora_rank": "sixteen"}\'`',
     "cli-lr-text": '`rllib train file ... --config \'{"lr": "fast"}\'`',
     "cli-env-unknown": '`rllib train file ... --config \'{"env": "Hopper-v55"}\'`',

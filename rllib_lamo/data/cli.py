@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 
 def _generate(args: argparse.Namespace) -> None:
     from rllib_lamo.data.generate import generate
+    from rllib_lamo.data.names import kinds_of
 
     generate(
         args.task,
-        args.kind,
+        args.kind or kinds_of(args.task)[0],
         args.out,
         num_steps=args.steps,
         seed=args.seed,
@@ -91,8 +92,14 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rllib_lamo.data.generate import DEFAULT_CACHE_DIR, TASKS
-    from rllib_lamo.data.names import DEFAULT_NUM_STEPS, KINDS
+    from rllib_lamo.data.generate import DEFAULT_CACHE_DIR
+    from rllib_lamo.data.names import (
+        ALL_KINDS,
+        DEFAULT_NUM_STEPS,
+        TASK_ENVS,
+        TASK_KINDS,
+        default_num_steps,
+    )
     from rllib_lamo.data.rllib_output import ACTION_MODES
 
     parser = argparse.ArgumentParser(prog="lamo-data", description=__doc__.splitlines()[0])
@@ -107,12 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         _generate,
         "train a behaviour policy on a MuJoCo v5 task or Reacher2d-v0 (or reuse "
-        "it from the cache) and record a D4RL-style dataset",
+        "it from the cache) and record a D4RL-style dataset; kitchen: scripted demonstrations",
     )
-    p.add_argument("task", choices=sorted(TASKS))
-    p.add_argument("--kind", choices=KINDS, default="medium")
+    p.add_argument("task", choices=sorted(TASK_ENVS))
+    p.add_argument(
+        "--kind",
+        choices=ALL_KINDS,
+        default=None,
+        help=f"default medium; kitchen: {', '.join(TASK_KINDS['kitchen'])} (default complete)",
+    )
     p.add_argument("--out", default=None, help="output folder (default ./<task>-<kind>-v<N>)")
-    p.add_argument("--steps", type=int, default=DEFAULT_NUM_STEPS, help="steps per policy")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"steps per policy (default {DEFAULT_NUM_STEPS}; kitchen "
+        f"{default_num_steps('kitchen')})",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="trained policies")
     p.add_argument("--no-progress", action="store_true")

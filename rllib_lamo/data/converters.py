@@ -19,6 +19,10 @@ import numpy as np
 from rllib_lamo.data.format import DatasetError, env_spaces
 from rllib_lamo.data.rllib_output import convert_rllib
 from rllib_lamo.data.writer import EpisodeDatasetWriter
+from rllib_lamo.envs import KITCHEN_ID, KITCHEN_OBS_DIM, KITCHEN_TASKS
+
+# Minari's Franka Kitchen sets store dict observations with these keys.
+KITCHEN_MINARI_KEYS = ("observation", "achieved_goal", "desired_goal")
 
 # D4RL's MuJoCo (and Adroit, Kitchen) actions live in [-1, 1]; used when no env id is given.
 D4RL_ACTION_BOUND = 1.0
@@ -67,6 +71,10 @@ def convert_minari(
     dataset, where = _open_minari(id_or_path)
     spec_env_id = dataset.env_spec.id if dataset.env_spec is not None else None
     observation_space, action_space = dataset.observation_space, dataset.action_space
+    flat_key = None
+    if isinstance(observation_space, gym.spaces.Dict):
+        observation_space, flat_key = _kitchen_observation_space(observation_space, where)
+        spec_env_id = KITCHEN_ID
     for name, space in (("observations", observation_space), ("actions", action_space)):
         if not isinstance(space, gym.spaces.Box | gym.spaces.Discrete):
             raise DatasetError(where, name, f"space {space} is not a Box or Discrete")
@@ -92,7 +100,9 @@ def convert_minari(
     ) as writer:
         for episode in dataset.iterate_episodes():
             label = f"{where} (episode {episode.id})"
-            observations = np.asarray(episode.observations)
+            observations = np.asarray(
+                episode.observations[flat_key] if flat_key else episode.observations
+            )
             steps = len(episode.rewards)
             if len(observations) != steps + 1:
                 raise DatasetError(
@@ -109,6 +119,45 @@ def convert_minari(
                 source=label,
             )
         return writer.close()
+
+
+def _kitchen_observation_space(space: gym.spaces.Dict, where: str) -> tuple[gym.spaces.Box, str]:
+    """The flat observation of Minari's kitchen layout (``D4RL/kitchen/*-v2``), checked.
+
+    Those sets store ``FrankaKitchen-v1``'s dict observations: ``observation`` (59 floats) and
+    the goal dicts of D4RL's four tasks; ``LaMoKitchen-v0`` observes ``observation`` alone
+    (``rllib_lamo.envs.kitchen`` says why). Other dict layouts are refused.
+    """
+    keys = set(space.spaces)
+    if keys != set(KITCHEN_MINARI_KEYS):
+        raise DatasetError(
+            where,
+            "observations",
+            f"is a Dict with keys {sorted(keys)}; only Franka Kitchen's layout "
+            f"{list(KITCHEN_MINARI_KEYS)} is supported (flatten other dict observations first)",
+        )
+    observation = space["observation"]
+    if not isinstance(observation, gym.spaces.Box) or observation.shape != (KITCHEN_OBS_DIM,):
+        raise DatasetError(
+            where,
+            "observations['observation']",
+            f"is {observation}, but {KITCHEN_ID} observes Box(-inf, inf, ({KITCHEN_OBS_DIM},)): "
+            "robot joint positions and velocities (9 + 9), object positions and velocities "
+            "(21 + 20), as Minari's D4RL/kitchen/*-v2 store it",
+        )
+    tasks = (
+        set(space["desired_goal"].spaces)
+        if isinstance(space["desired_goal"], gym.spaces.Dict)
+        else set()
+    )
+    if tasks != set(KITCHEN_TASKS):
+        raise DatasetError(
+            where,
+            "observations['desired_goal']",
+            f"holds the tasks {sorted(tasks)}, but {KITCHEN_ID} scores D4RL's four: "
+            f"{list(KITCHEN_TASKS)}",
+        )
+    return gym.spaces.Box(-np.inf, np.inf, (KITCHEN_OBS_DIM,), np.float64), "observation"
 
 
 # ------------------------------------------------------------------------------------- D4RL

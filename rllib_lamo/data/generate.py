@@ -30,7 +30,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rllib_lamo.data.names import DEFAULT_NUM_STEPS, KINDS, TASK_ENVS, dataset_name
+from rllib_lamo.data.names import TASK_ENVS, dataset_name, default_num_steps, kinds_of
 from rllib_lamo.data.writer import EpisodeDatasetWriter, copy_episodes
 from rllib_lamo.scores import reference_scores
 from rllib_lamo.storage import cache_dir as default_cache_dir
@@ -608,20 +608,37 @@ def generate(
     kind: str,
     out: str | os.PathLike | None = None,
     *,
-    num_steps: int = DEFAULT_NUM_STEPS,
+    num_steps: int | None = None,
     seed: int = 0,
     cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Write one D4RL-style dataset for ``task`` (hopper, walker2d, halfcheetah, reacher2d)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
+    """Write one D4RL-style dataset for ``task`` (hopper, walker2d, halfcheetah, reacher2d,
+    kitchen); ``num_steps`` defaults to the task's (``names.default_num_steps``)."""
+    if task not in TASK_ENVS:
+        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_ENVS)}")
+    if kind not in kinds_of(task):
+        raise ValueError(f"unknown kind {kind!r} for task {task}; choose from {kinds_of(task)}")
+    num_steps = num_steps or default_num_steps(task)
+    out_path = Path(out) if out is not None else Path(dataset_name(task, kind))
+    if task == "kitchen":  # scripted demonstrations, no behaviour policy to train
+        from rllib_lamo.data.kitchen_demos import generate_kitchen
+
+        progress = Progress(num_steps, f"record kitchen {kind}", show_progress)
+        try:
+            return generate_kitchen(
+                kind,
+                out_path,
+                num_steps=num_steps,
+                seed=seed,
+                overwrite=overwrite,
+                on_steps=progress.update,
+            )
+        finally:
+            progress.close()
     recipe = TASKS[task]
     cache_dir = Path(cache_dir)
-    out_path = Path(out) if out is not None else Path(dataset_name(task, kind))
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} already exists (pass --overwrite to replace it)")
     started = time.perf_counter()

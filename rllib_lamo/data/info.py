@@ -115,6 +115,9 @@ def format_info(info: dict[str, Any]) -> str:
         f"on disk     {info['size_bytes'] / 1e6:.2f} MB in {info['shards']} shard(s)",
     ]
     for part in policy.get("mixture") or ([policy] if policy else []):
+        if "train_steps" not in part:  # scripted demonstrations: nothing was trained
+            lines.append(f"policy      {part.get('algorithm')}")
+            continue
         evaluated = part.get("evaluated_return") or {}
         mean = evaluated.get("mean")
         lines.append(

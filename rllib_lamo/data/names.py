@@ -11,19 +11,27 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# The tasks we generate data for and their gymnasium envs (Reacher2d-v0 is ours:
-# rllib_lamo.envs).
+# The tasks we generate data for and their gymnasium envs (Reacher2d-v0 and LaMoKitchen-v0
+# are ours: rllib_lamo.envs).
 TASK_ENVS: dict[str, str] = {
     "hopper": "Hopper-v5",
     "walker2d": "Walker2d-v5",
     "halfcheetah": "HalfCheetah-v5",
     "reacher2d": "Reacher2d-v0",
+    "kitchen": "LaMoKitchen-v0",
 }
 KINDS = ("medium", "medium-replay", "expert", "medium-expert")
+# Tasks whose kinds are not KINDS: the kitchen's scripted sets are named as D4RL's.
+TASK_KINDS: dict[str, tuple[str, ...]] = {"kitchen": ("complete", "partial", "mixed")}
 DEFAULT_NUM_STEPS = 1_000_000
+# Tasks whose default size is not DEFAULT_NUM_STEPS: the scripted kitchen records ~140 steps/s
+# per core, so 50k steps (~400 episodes; D4RL's kitchen-partial has 137k) take a few minutes.
+TASK_NUM_STEPS: dict[str, int] = {"kitchen": 50_000}
+ALL_KINDS = tuple(dict.fromkeys([*KINDS, *(k for kinds in TASK_KINDS.values() for k in kinds)]))
 _STEP_UNITS = {"k": 1_000, "m": 1_000_000}
+_KIND_PATTERN = "|".join(sorted(ALL_KINDS, key=len, reverse=True))
 _NAME = re.compile(
-    rf"^(?P<task>{'|'.join(TASK_ENVS)})-(?P<kind>{'|'.join(sorted(KINDS, key=len, reverse=True))})"
+    rf"^(?P<task>{'|'.join(TASK_ENVS)})-(?P<kind>{_KIND_PATTERN})"
     r"-v(?P<version>\d+)(?:-(?P<count>\d+)(?P<unit>[km]))?$"
 )
 
@@ -42,6 +50,16 @@ class GeneratedDatasetName:
         return f"lamo-data generate {self.task} --kind {self.kind}{steps} --out {out}"
 
 
+def kinds_of(task: str) -> tuple[str, ...]:
+    """The kinds `lamo-data generate TASK` makes."""
+    return TASK_KINDS.get(task, KINDS)
+
+
+def default_num_steps(task: str) -> int:
+    """Steps `lamo-data generate TASK` records without ``--steps`` (per policy, if several)."""
+    return TASK_NUM_STEPS.get(task, DEFAULT_NUM_STEPS)
+
+
 def dataset_name(task: str, kind: str) -> str:
     """``hopper-medium-v5``: the default folder name of a generated dataset."""
     return f"{task}-{kind}-v{TASK_ENVS[task].rsplit('-v', 1)[1]}"
@@ -50,7 +68,9 @@ def dataset_name(task: str, kind: str) -> str:
 def parse_dataset_name(folder_name: str) -> GeneratedDatasetName | None:
     """What `lamo-data generate` makes under this folder name, or None if it makes no such set."""
     match = _NAME.match(folder_name)
-    if match is None or dataset_name(match["task"], match["kind"]) != (
+    if match is None or match["kind"] not in kinds_of(match["task"]):
+        return None
+    if dataset_name(match["task"], match["kind"]) != (
         f"{match['task']}-{match['kind']}-v{match['version']}"
     ):
         return None

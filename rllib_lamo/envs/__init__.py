@@ -1,6 +1,8 @@
 """Gymnasium envs this package adds, registered when `rllib_lamo` is imported.
 
 ``Reacher2d-v0``: LaMo's sparse-reward planar arm (:mod:`rllib_lamo.envs.reacher2d`).
+``LaMoKitchen-v0``: Franka Kitchen with D4RL's four tasks and flat observation
+(:mod:`rllib_lamo.envs.kitchen`).
 """
 
 from __future__ import annotations
@@ -8,6 +10,13 @@ from __future__ import annotations
 REACHER2D_ID = "Reacher2d-v0"
 # The paper code's evaluation length for Reacher2d; its scores are return / 100 in percent.
 REACHER2D_EPISODE_STEPS = 100
+KITCHEN_ID = "LaMoKitchen-v0"
+# D4RL's kitchen time limit (and FrankaKitchen-v1's); an episode also ends when all tasks are done.
+KITCHEN_EPISODE_STEPS = 280
+# D4RL's kitchen target tasks, in the order the kitchen-complete demonstrations do them.
+KITCHEN_TASKS = ("microwave", "kettle", "light switch", "slide cabinet")
+# The flat observation: robot joint positions and velocities, object positions and velocities.
+KITCHEN_OBS_DIM = 59
 
 
 def register_envs() -> None:
@@ -19,4 +28,10 @@ def register_envs() -> None:
             id=REACHER2D_ID,
             entry_point="rllib_lamo.envs.reacher2d:Reacher2dEnv",
             max_episode_steps=REACHER2D_EPISODE_STEPS,
+        )
+    if KITCHEN_ID not in registry:
+        register(
+            id=KITCHEN_ID,
+            entry_point="rllib_lamo.envs.kitchen:LaMoKitchenEnv",
+            max_episode_steps=KITCHEN_EPISODE_STEPS,
         )

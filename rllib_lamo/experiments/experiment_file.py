@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from rllib_lamo.checkpoints import OfflineRestoreMixin
-from rllib_lamo.data.names import DEFAULT_NUM_STEPS, GeneratedDatasetName, parse_dataset_name
+from rllib_lamo.data.names import GeneratedDatasetName, default_num_steps, parse_dataset_name
 from rllib_lamo.storage import is_uri
 
 if TYPE_CHECKING:
@@ -534,11 +534,15 @@ def _generate_missing_dataset(out: Path, name: GeneratedDatasetName, *, where: s
     """Makes a missing generated dataset on the spot, saying so, rather than failing."""
     from rllib_lamo.data.generate import generate
 
-    name = dataclasses.replace(name, num_steps=name.num_steps or DEFAULT_NUM_STEPS)
+    name = dataclasses.replace(name, num_steps=name.num_steps or default_num_steps(name.task))
     print(
         f"rllib: {where}: dataset {out} does not exist yet; generating it now "
         f"({name.command(str(out))}). "
-        "This trains a behaviour policy first and can take a while.",
+        + (
+            "This records scripted demonstrations and can take a few minutes."
+            if name.task == "kitchen"
+            else "This trains a behaviour policy first and can take a while."
+        ),
         flush=True,
     )
     generate(name.task, name.kind, out, num_steps=name.num_steps)
