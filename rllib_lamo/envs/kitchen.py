@@ -29,6 +29,9 @@ module patches, narrowly and only where needed, before building it.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from typing import Any
 
 import gymnasium as gym
@@ -39,6 +42,21 @@ from rllib_lamo.envs import KITCHEN_OBS_DIM, KITCHEN_TASKS
 from rllib_lamo.envs.mujoco_compat import patch_franka_kitchen
 
 
+def _import_kitchen_env() -> type:
+    """gymnasium-robotics' KitchenEnv, without the AdroitHand notice its first import prints.
+
+    The notice (about AdroitHand reward versions) concerns envs this package never makes; any
+    other text the import writes to stderr is passed on.
+    """
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        from gymnasium_robotics.envs.franka_kitchen import KitchenEnv
+    other = [line for line in stderr.getvalue().splitlines() if "AdroitHand" not in line]
+    if other:
+        print("\n".join(other), file=sys.stderr)
+    return KitchenEnv
+
+
 class LaMoKitchenEnv(gym.Env):
     """``FrankaKitchen-v1`` with D4RL's four tasks and its flat 59-float observation."""
 
@@ -46,9 +64,8 @@ class LaMoKitchenEnv(gym.Env):
     metadata = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 12}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        KitchenEnv = _import_kitchen_env()  # first, so that its import is the quiet one
         patch_franka_kitchen()
-        from gymnasium_robotics.envs.franka_kitchen import KitchenEnv
-
         self.kitchen = KitchenEnv(
             tasks_to_complete=list(KITCHEN_TASKS),
             terminate_on_tasks_completed=True,
