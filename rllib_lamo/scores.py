@@ -47,6 +47,11 @@ D4RL_REFERENCE_SCORES: dict[str, ReferenceScores] = {
     "walker2d": ReferenceScores(1.629008, 4592.3, "D4RL"),
     "halfcheetah": ReferenceScores(-280.178953, 12135.0, "D4RL"),
     "reacher2d": ReferenceScores(0.0, 100.0, "LaMo Table 5"),
+    # Atari: the paper's random / human-expert returns of its Table 5 (DT's, from the DQN
+    # literature), scored on the raw game score of a full game.
+    "breakout": ReferenceScores(1.7, 31.8, "LaMo Table 5"),
+    "qbert": ReferenceScores(163.9, 13455.0, "LaMo Table 5"),
+    "pong": ReferenceScores(-20.7, 9.3, "LaMo Table 5"),
 }
 
 # Env-name prefixes per task. Only the paper's sparse planar arm is Reacher2d: gymnasium's
@@ -56,6 +61,9 @@ _ENV_TASK = {
     "walker2d": "walker2d",
     "halfcheetah": "halfcheetah",
     "reacher2d": "reacher2d",
+    "breakout": "breakout",
+    "qbert": "qbert",
+    "pong": "pong",
 }
 
 
