@@ -12,15 +12,34 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+# Steps per policy of `lamo-data generate pong|breakout` (~7 KB of frames per step in memory).
+ATARI_DEFAULT_NUM_STEPS = 50_000
+
 
 def _generate(args: argparse.Namespace) -> None:
+    from rllib_lamo.envs.atari import ATARI_GAMES
+
+    if args.task in ATARI_GAMES:
+        from rllib_lamo.data.atari_generate import generate_atari
+
+        steps = ATARI_DEFAULT_NUM_STEPS if args.steps is None else args.steps
+        generate_atari(
+            args.task,
+            args.kind,
+            args.out,
+            num_steps=steps,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+        return
     from rllib_lamo.data.generate import generate
+    from rllib_lamo.data.names import DEFAULT_NUM_STEPS
 
     generate(
         args.task,
         args.kind,
         args.out,
-        num_steps=args.steps,
+        num_steps=DEFAULT_NUM_STEPS if args.steps is None else args.steps,
         seed=args.seed,
         cache_dir=args.cache_dir,
         overwrite=args.overwrite,
@@ -66,6 +85,24 @@ def _from_rllib(args: argparse.Namespace) -> None:
         print(f"left out {dropped} episode(s) whose end was not recorded")
 
 
+def _from_dqn_replay(args: argparse.Namespace) -> None:
+    from rllib_lamo.data.dqn_replay import convert_dqn_replay, parse_checkpoints
+
+    _report_written(
+        convert_dqn_replay(
+            args.dir,
+            args.out or f"{args.game}-dqn-replay",
+            game=args.game,
+            checkpoints=parse_checkpoints(args.checkpoints),
+            num_steps=args.steps,
+            trajectories_per_buffer=args.trajectories_per_buffer,
+            max_transitions_per_buffer=args.max_transitions_per_buffer,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    )
+
+
 def _subset(args: argparse.Namespace) -> None:
     from rllib_lamo.data.subsets import write_subset
 
@@ -94,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rllib_lamo.data.generate import DEFAULT_CACHE_DIR, TASKS
     from rllib_lamo.data.names import DEFAULT_NUM_STEPS, KINDS
     from rllib_lamo.data.rllib_output import ACTION_MODES
+    from rllib_lamo.envs.atari import ATARI_GAMES
 
     parser = argparse.ArgumentParser(prog="lamo-data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -107,12 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         _generate,
         "train a behaviour policy on a MuJoCo v5 task or Reacher2d-v0 (or reuse "
-        "it from the cache) and record a D4RL-style dataset",
+        "it from the cache) and record a D4RL-style dataset; Atari (pong, breakout): record "
+        "a scripted policy with epsilon noise",
     )
-    p.add_argument("task", choices=sorted(TASKS))
+    p.add_argument("task", choices=sorted([*TASKS, *ATARI_GAMES]))
     p.add_argument("--kind", choices=KINDS, default="medium")
     p.add_argument("--out", default=None, help="output folder (default ./<task>-<kind>-v<N>)")
-    p.add_argument("--steps", type=int, default=DEFAULT_NUM_STEPS, help="steps per policy")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"steps per policy (default {DEFAULT_NUM_STEPS}; Atari {ATARI_DEFAULT_NUM_STEPS})",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="trained policies")
     p.add_argument("--no-progress", action="store_true")
@@ -145,6 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(RLlib's default normalize_actions=True), 'clipped' (clip_actions=True)",
     )
 
+    p = command(
+        "from-dqn-replay",
+        _from_dqn_replay,
+        "sample and convert DQN Replay Dataset checkpoints ($store$_*_ckpt.N.gz) as DT does",
+    )
+    p.add_argument("dir", metavar="DIR", help="a run's replay_logs folder")
+    p.add_argument("--game", choices=sorted(ATARI_GAMES), required=True)
+    p.add_argument(
+        "--checkpoints", required=True, help="checkpoint numbers: 49, 40-49 or 1,5,40-42"
+    )
+    p.add_argument("--out", default=None, help="output folder (default ./<game>-dqn-replay)")
+    p.add_argument("--steps", type=int, default=500_000, help="transitions to take (DT: 500K)")
+    p.add_argument("--trajectories-per-buffer", type=int, default=10)
+    p.add_argument("--max-transitions-per-buffer", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=0)
+
     p = command("subset", _subset, "seeded random subset of whole episodes")
     p.add_argument("path", metavar="IN")
     p.add_argument("out", metavar="OUT")
@@ -158,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("validate", _validate, "check every shard of a dataset against the format")
     p.add_argument("path", metavar="PATH")
 
-    for name in ("generate", "from-minari", "from-d4rl", "from-rllib", "subset"):
+    for name in ("generate", "from-minari", "from-d4rl", "from-rllib", "from-dqn-replay", "subset"):
         sub.choices[name].add_argument(
             "--overwrite", action="store_true", help="replace an existing output folder"
         )
