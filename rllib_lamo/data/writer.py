@@ -260,9 +260,10 @@ class EpisodeDatasetWriter:
     def _check_episode(self, episode: Episode, source: str) -> None:
         """The same checks readers apply, run on the episode before it reaches a shard."""
         if episode.obs.ndim != 2 or episode.obs.shape[1] != self.obs_dim:
-            raise DatasetError(
-                source, "obs", f"has shape {episode.obs.shape}, expected [T, {self.obs_dim}]"
-            )
+            expected = f"[T, {self.obs_dim}]"
+            if self.frames is not None:
+                expected = f"[T, {self.obs_dim}] ({self.frames.describe()}, not stacks)"
+            raise DatasetError(source, "obs", f"has shape {episode.obs.shape}, expected {expected}")
         validate_episode_batch(
             {
                 "eps_id": np.array([episode.eps_id], dtype=object),
