@@ -37,8 +37,22 @@ def atari_env_id(task: str) -> str:
     return f"{ATARI_GAMES[task]}DT-v0"
 
 
-def make_atari_env(game: str, render_mode: str | None = None, **ale_kwargs: Any) -> gym.Env:
-    """One Atari game with DT's preprocessing (see the module docstring)."""
+def make_atari_env(
+    game: str,
+    render_mode: str | None = None,
+    max_num_frames_per_episode: int = MAX_EPISODE_FRAMES,
+    width: int | None = None,
+    height: int | None = None,
+    **ale_kwargs: Any,
+) -> gym.Env:
+    """One Atari game with DT's preprocessing (see the module docstring).
+
+    ``max_num_frames_per_episode`` (via ``env_config``) caps episodes below DT's 108,000
+    frames, e.g. on a CPU budget, where a policy that never serves would play 27,000 steps.
+    ``width``/``height`` (asked for by video recording) are accepted and ignored: renders are
+    the console's 210x160 RGB screen.
+    """
+    del width, height
     import ale_py
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
@@ -48,7 +62,7 @@ def make_atari_env(game: str, render_mode: str | None = None, **ale_kwargs: Any)
         frameskip=1,  # AtariPreprocessing skips (and max-pools) frames itself
         repeat_action_probability=REPEAT_ACTION_PROBABILITY,
         full_action_space=False,
-        max_num_frames_per_episode=MAX_EPISODE_FRAMES,
+        max_num_frames_per_episode=max_num_frames_per_episode,
         render_mode=render_mode,
         **ale_kwargs,
     )
