@@ -50,7 +50,7 @@ class LearnerSide:
         if FRAME_INDEX in batch:
             stacks = self.frames[torch.as_tensor(batch[FRAME_INDEX])]
             real = torch.as_tensor(batch[ATTENTION_MASK]) > 0
-            stacks = stacks * real[:, :, None, None, None].to(stacks.dtype)
+            stacks[~real] = 0
         else:
             stacks = torch.as_tensor(batch[OBS])
         return int(stacks.shape[0])

@@ -101,7 +101,8 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
         index = module_batch.pop(FRAME_INDEX)
         stacks = self._frames[torch.as_tensor(index, device=self._device).long()]
         real = torch.as_tensor(module_batch[ATTENTION_MASK], device=self._device) > 0
-        module_batch[Columns.OBS] = stacks * real[:, :, None, None, None].to(stacks.dtype)
+        stacks[~real] = 0  # in place: the gather made a new tensor
+        module_batch[Columns.OBS] = stacks
 
     def _training_flops(self, module_id: ModuleID) -> int:
         """Model FLOPs of one gradient step of this module (trajectory batch + text batch)."""
