@@ -411,3 +411,40 @@ def test_training_on_converted_frames_never_ships_pixels_from_the_driver(tmp_pat
         assert math.isfinite(result["validation"]["action_loss"])
     finally:
         algo.stop()
+
+
+def test_readers_refuse_shards_whose_frames_are_not_single_uint8_frames():
+    from rllib_lamo.data.format import frame_layout
+    from rllib_lamo.data.validation import validate_episode_batch
+    from rllib_lamo.data.writer import _object_array
+
+    observation_space, action_space = pong_spaces()
+    frames = frame_layout(observation_space)
+
+    def batch(obs: np.ndarray) -> dict:
+        return {
+            "eps_id": np.array(["e"], dtype=object),
+            "obs": _object_array([obs]),
+            "actions": _object_array([np.zeros(3, np.int64)]),
+            "rewards": _object_array([np.zeros(3, np.float32)]),
+            "terminated": np.array([True]),
+            "return": np.array([0.0]),
+            "length": np.array([3], dtype=np.int64),
+        }
+
+    options = {
+        "source": "shard.parquet",
+        "obs_dim": frames.frame_size,
+        "action_space_dict": {"type": "Discrete", "n": 6},
+        "frames": frames,
+    }
+    validate_episode_batch(batch(np.zeros((3, 7056), np.uint8)), **options)
+    with pytest.raises(
+        DatasetError, match="shard.parquet: field 'obs': must be uint8, got float32"
+    ):
+        validate_episode_batch(batch(np.zeros((3, 7056), np.float32)), **options)
+    with pytest.raises(
+        DatasetError,
+        match=r"field 'obs': has width 28224, expected 7056 \(one 84x84 uint8 frame per step\)",
+    ):
+        validate_episode_batch(batch(np.zeros((3, 28224), np.uint8)), **options)
