@@ -12,7 +12,10 @@ K = 30 steps):
   frames once through the object store, gathers the stacks (what `LaMoTorchLearner` does).
 
 Per batch it times driver sampling + transfer + the learner's tensor of stacked frames, on a real
-Ray actor (one learner process), and counts the bytes the driver serialises. Runs alternate
+Ray actor (one learner process), and counts the bytes the driver serialises. By default the
+learner runs on a second Ray node (`ray.cluster_utils.Cluster`, two nodes on this machine, so
+batches cross the object manager as they would to a learner on another machine); `--nodes 1`
+puts it next to the driver (shared memory). Runs alternate
 (before, after, ...); it prints per-run figures, the medians of the paired ratios and the load
 average. MuJoCo windows (the shipped hopper-medium-v5, batch 64, K 20) take one path in both
 versions: their bytes per batch are printed for scale.
@@ -30,19 +33,23 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
+from ray.cluster_utils import Cluster
 
 REPO = Path(__file__).resolve().parents[1]
 ATARI = REPO / "datasets" / "breakout-medium-expert-v0"
 HOPPER = REPO / "datasets" / "hopper-medium-v5"
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=1, resources={"learner_node": 0.01})
 class LearnerSide:
     """What a learner does with a batch's observations before the forward pass."""
 
     def __init__(self, frames_ref: list[ray.ObjectRef]):
         torch.set_num_threads(1)
         self.frames = torch.from_numpy(ray.get(frames_ref[0]))  # read-only view, never written
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
 
     def consume(self, batch: dict[str, np.ndarray]) -> int:
         from rllib_lamo.windows import ATTENTION_MASK, FRAME_INDEX, OBS
@@ -103,13 +110,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="batches per run")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--context-len", type=int, default=30)
+    parser.add_argument("--nodes", type=int, choices=(1, 2), default=2, help="learner's node")
     args = parser.parse_args()
-    ray.init(
-        num_cpus=4, object_store_memory=1200 * 1024**2, include_dashboard=False, log_to_driver=False
-    )
+    cluster = start_ray(args.nodes)
     try:
         data = offline_data(ATARI, args.context_len)
         learner = LearnerSide.remote([data.frames_ref])
+        driver_node = ray.get_runtime_context().get_node_id()
+        learner_node = ray.get(learner.node_id.remote())
+        print(f"driver on node {driver_node[:8]}, learner on node {learner_node[:8]}")
         ray.get(learner.consume.remote(data.sample(2).policy_batches["default_policy"]))
         options = {"batches": args.batches, "batch_size": args.batch_size}
         pairs = []
@@ -119,7 +128,8 @@ def main() -> None:
             pairs.append((before, after))
             print(f"load {os.getloadavg()[0]:.2f}: before {before}\n          after  {after}")
         print(
-            f"\nAtari ({data.summary.num_steps} frames), batch {args.batch_size} x K "
+            f"\nAtari ({data.summary.num_steps} frames), learner on "
+            f"{'another' if args.nodes == 2 else 'the driver’s'} node, batch {args.batch_size} x K "
             f"{args.context_len}, {args.repeats} paired runs, load average now "
             f"{os.getloadavg()}:"
         )
@@ -138,6 +148,29 @@ def main() -> None:
         )
     finally:
         ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+
+
+def start_ray(nodes: int) -> Cluster | None:
+    """Ray with the learner's node: the driver's own, or a second simulated node."""
+    store = 1200 * 1024**2
+    if nodes == 1:
+        ray.init(
+            num_cpus=4,
+            resources={"learner_node": 1},
+            object_store_memory=store,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+        return None
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 3, "object_store_memory": store},
+    )
+    cluster.add_node(num_cpus=2, resources={"learner_node": 1}, object_store_memory=store)
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    return cluster
 
 
 if __name__ == "__main__":
