@@ -9,7 +9,9 @@ epoch boundary. Batch i depends only on (seed, i): the count of batches served i
 resume state, and the driver's global batch is the same for any number of learners.
 
 The episodes must fit in the driver's memory (float32: 4 bytes per number; a 1M-step Hopper
-set is about 60 MB).
+set is about 60 MB). Image datasets keep one uint8 frame per step (DT's 500K Atari steps: 3.5
+GB), put once into Ray's object store: their batches carry frame indices, and each learner
+gathers the stacked frames from its own view of that store (`LaMoTorchLearner.set_frames`).
 """
 
 from __future__ import annotations
