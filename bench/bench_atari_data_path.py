@@ -46,7 +46,7 @@ class LearnerSide:
 
     def __init__(self, frames_ref: list[ray.ObjectRef]):
         torch.set_num_threads(1)
-        self.frames = torch.from_numpy(ray.get(frames_ref[0]))  # read-only view, never written
+        self.frames = ray.get(frames_ref[0])  # a read-only view of the object store
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -55,7 +55,8 @@ class LearnerSide:
         from rllib_lamo.windows import ATTENTION_MASK, FRAME_INDEX, OBS
 
         if FRAME_INDEX in batch:
-            stacks = self.frames[torch.as_tensor(batch[FRAME_INDEX])]
+            # As LaMoTorchLearner gathers on a CPU (numpy's take; torch's gather on a GPU).
+            stacks = torch.from_numpy(np.take(self.frames, batch[FRAME_INDEX], axis=0))
             real = torch.as_tensor(batch[ATTENTION_MASK]) > 0
             stacks[~real] = 0
         else:
@@ -154,7 +155,7 @@ def main() -> None:
 
 def start_ray(nodes: int) -> Cluster | None:
     """Ray with the learner's node: the driver's own, or a second simulated node."""
-    store = 1200 * 1024**2
+    store = 900 * 1024**2
     if nodes == 1:
         ray.init(
             num_cpus=4,
