@@ -57,6 +57,7 @@ PRODUCING_PACKAGES = (
     "torch",
     "minari",
     "ray",
+    "ale-py",
 )
 
 
