@@ -457,6 +457,9 @@ class LaMo(Algorithm):
         self._check_dataset_fits_env()
         summary = self.offline_data.summary
         self._set_observation_normalisation(summary.obs_mean, summary.obs_std)
+        frames_ref = self.offline_data.frames_ref
+        if frames_ref is not None:  # image windows carry frame indices; learners gather
+            self.learner_group.foreach_learner(lambda learner: learner.set_frames(frames_ref))
         self._best_evaluation: dict[str, float] | None = None
         self._latest_evaluation: dict[str, Any] | None = None
         # Every evaluation's per-target scores, for the paper's last-N mean (kept in the state).

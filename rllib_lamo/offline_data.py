@@ -9,7 +9,9 @@ epoch boundary. Batch i depends only on (seed, i): the count of batches served i
 resume state, and the driver's global batch is the same for any number of learners.
 
 The episodes must fit in the driver's memory (float32: 4 bytes per number; a 1M-step Hopper
-set is about 60 MB).
+set is about 60 MB). Image datasets keep one uint8 frame per step (DT's 500K Atari steps: 3.5
+GB), put once into Ray's object store: their batches carry frame indices, and each learner
+gathers the stacked frames from its own view of that store (`LaMoTorchLearner.set_frames`).
 """
 
 from __future__ import annotations
@@ -30,14 +32,21 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.offline.offline_data import OfflineData
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
-from rllib_lamo.data.format import space_to_dict
+from rllib_lamo.data.format import frame_layout, space_to_dict, stored_obs_dim
 from rllib_lamo.data.subsets import subset_episode_ids
 from rllib_lamo.data.validation import validate_episode_batch
-from rllib_lamo.windows import EpisodeBlock, episode_block_from_arrow, sample_windows
+from rllib_lamo.windows import (
+    FRAME_INDEX,
+    EpisodeBlock,
+    episode_block_from_arrow,
+    sample_windows,
+)
 
 logger = logging.getLogger(__name__)
 
 EPISODE_COLUMNS = ("eps_id", "obs", "actions", "rewards")
+# uint8 pixels are divided by this (mean 0), as the Decision Transformer's Atari code does.
+PIXEL_SCALE = 255.0
 
 
 @dataclass
@@ -72,7 +81,9 @@ class LaMoOfflineData(OfflineData):
         self.observation_space, self.action_space = config.observation_space, config.action_space
         if self.observation_space is None or self.action_space is None:
             raise ValueError("LaMoOfflineData needs a validated config: call config.validate().")
-        self.obs_dim = int(np.prod(self.observation_space.shape))
+        # Image observations are stored and held as one uint8 frame per step.
+        self.frames = frame_layout(self.observation_space)
+        self.obs_dim = stored_obs_dim(self.observation_space)
         self.discrete_actions = isinstance(self.action_space, gym.spaces.Discrete)
         self.seed = int(config.seed) if config.seed is not None else 0
 
@@ -93,21 +104,44 @@ class LaMoOfflineData(OfflineData):
             table = self._hold_out_validation_episodes(table, config.validation_fraction)
         self.episodes: EpisodeBlock = self._block(table)
         self.summary = _summarise(self.episodes)
+        # The frames go to the object store once; learners gather their windows' stacks from
+        # it (`FRAME_INDEX`), so batches leaving this process carry indices, not pixels.
+        # Validation episodes' frames follow the training ones in that one array.
+        self.frames_ref: ray.ObjectRef | None = None
+        if self.frames is not None:
+            self._put_frames()
         logger.info("LaMo dataset %s: %s", self.dataset.folder, self.summary)
         # About one window per K steps of data makes an epoch (only counted, for reporting).
         self.windows_per_epoch = math.ceil(self.summary.num_steps / config.context_len)
         self.batches_served = 0
         self.windows_served = 0
 
+    def _put_frames(self) -> None:
+        """All frames into the object store; this process keeps zero-copy views of them."""
+        blocks = [self.episodes] + (
+            [self.validation_episodes] if self.validation_episodes is not None else []
+        )
+        self.frames_ref = ray.put(np.concatenate([block.obs for block in blocks]))
+        frames = ray.get(self.frames_ref)
+        offset = 0
+        for block in blocks:
+            block.obs = frames[offset : offset + block.num_steps]
+            offset += block.num_steps
+
     def _read_validated_episodes(self) -> pa.Table:
         """One parallel Ray Data pass: validates every block, keeps the episodes, by id order."""
         obs_dim, action_space_dict = self.obs_dim, space_to_dict(self.action_space)
+        frames = self.frames
         folder = self.dataset.folder
 
         def validated(batch: pa.Table) -> pa.Table:
             shard = batch.column("path")[0].as_py() if "path" in batch.column_names else folder
             validate_episode_batch(
-                batch, source=shard, obs_dim=obs_dim, action_space_dict=action_space_dict
+                batch,
+                source=shard,
+                obs_dim=obs_dim,
+                action_space_dict=action_space_dict,
+                frames=frames,
             )
             return batch.select(EPISODE_COLUMNS)
 
@@ -125,7 +159,7 @@ class LaMoOfflineData(OfflineData):
 
     def _block(self, table: pa.Table) -> EpisodeBlock:
         return episode_block_from_arrow(
-            table, obs_dim=self.obs_dim, discrete_actions=self.discrete_actions
+            table, obs_dim=self.obs_dim, discrete_actions=self.discrete_actions, frames=self.frames
         )
 
     @staticmethod
@@ -175,13 +209,22 @@ class LaMoOfflineData(OfflineData):
                 self.validation_episodes,
                 config.validation_num_windows,
                 np.random.default_rng([config.data_subset_seed, 1]),
+                frame_offset=self.episodes.num_steps,
             )
         return self._validation_batch
 
     def _windows(
-        self, episodes: EpisodeBlock, num_windows: int, rng: np.random.Generator
+        self,
+        episodes: EpisodeBlock,
+        num_windows: int,
+        rng: np.random.Generator,
+        frame_offset: int = 0,
     ) -> MultiAgentBatch:
-        """`num_windows` K-step windows at random steps of `episodes`, as a batch."""
+        """`num_windows` K-step windows at random steps of `episodes`, as a batch.
+
+        Image windows carry `FRAME_INDEX` into `frames_ref`'s array, where `episodes`' frames
+        start at `frame_offset`.
+        """
         config = self.config
         windows = sample_windows(
             episodes,
@@ -190,7 +233,10 @@ class LaMoOfflineData(OfflineData):
             rtg_scale=config.rtg_scale,
             max_ep_len=config.max_ep_len,
             rng=rng,
+            gather_frames=False,
         )
+        if FRAME_INDEX in windows:
+            windows[FRAME_INDEX] += frame_offset
         return MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(windows)}, env_steps=num_windows)
 
     @property
@@ -239,15 +285,24 @@ class LaMoOfflineData(OfflineData):
 
 
 def _summarise(episodes: EpisodeBlock) -> DatasetSummary:
-    """Observation statistics over every step, and episode returns, of the kept episodes."""
-    obs = episodes.obs.astype(np.float64)
-    obs_mean = obs.mean(axis=0)
+    """Observation statistics over every step, and episode returns, of the kept episodes.
+
+    Frames are scaled by the constant 255 (the Decision Transformer's x / 255), not by
+    per-pixel statistics.
+    """
     returns = episodes.step_returns_to_go[episodes.starts]
+    if episodes.frame_stack:
+        obs_mean, obs_std = [0.0], [PIXEL_SCALE]
+    else:
+        obs = episodes.obs.astype(np.float64)
+        mean = obs.mean(axis=0)
+        obs_mean = mean.tolist()
+        obs_std = (np.sqrt(np.square(obs - mean).mean(axis=0)) + 1e-6).tolist()
     return DatasetSummary(
         num_episodes=len(episodes.lengths),
         num_steps=episodes.num_steps,
-        obs_mean=obs_mean.tolist(),
-        obs_std=(np.sqrt(np.square(obs - obs_mean).mean(axis=0)) + 1e-6).tolist(),
+        obs_mean=obs_mean,
+        obs_std=obs_std,
         return_mean=float(returns.mean()),
     )
 

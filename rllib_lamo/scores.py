@@ -50,6 +50,11 @@ D4RL_REFERENCE_SCORES: dict[str, ReferenceScores] = {
     # D4RL's kitchen: a return counts the four target tasks completed, so the score is their
     # share in percent.
     "kitchen": ReferenceScores(0.0, 4.0, "D4RL"),
+    # Atari: the paper's random / human-expert returns of its Table 5 (DT's, from the DQN
+    # literature), scored on the raw game score of a full game.
+    "breakout": ReferenceScores(1.7, 31.8, "LaMo Table 5"),
+    "qbert": ReferenceScores(163.9, 13455.0, "LaMo Table 5"),
+    "pong": ReferenceScores(-20.7, 9.3, "LaMo Table 5"),
 }
 
 # Env-name prefixes per task. Only the paper's sparse planar arm is Reacher2d: gymnasium's
@@ -63,6 +68,9 @@ _ENV_TASK = {
     # gymnasium-robotics' FrankaKitchen-v1, whose default has seven tasks.
     "kitchen": "kitchen",
     "lamokitchen": "kitchen",
+    "breakout": "breakout",
+    "qbert": "qbert",
+    "pong": "pong",
 }
 
 

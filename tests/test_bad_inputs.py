@@ -170,6 +170,53 @@ def _kitchen_v0_layout(tmp_path: Path) -> Path:
     return folder
 
 
+def _pong_frames_dataset(tmp_path: Path) -> Path:
+    """A small Pong dataset in the frame layout (one uint8 84x84 frame per step)."""
+    import gymnasium as gym
+    import numpy as np
+
+    from rllib_lamo.data.format import Episode
+    from rllib_lamo.data.writer import write_dataset
+
+    env = gym.make("PongDT-v0")
+    episode = Episode(
+        obs=np.zeros((5, 84, 84), np.uint8),
+        actions=np.zeros(5, np.int64),
+        rewards=np.zeros(5, np.float32),
+        terminated=True,
+    )
+    folder = tmp_path / "pong-frames"
+    write_dataset(
+        folder,
+        [episode],
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        env_id="PongDT-v0",
+    )
+    return folder
+
+
+def _dqn_replay_files(tmp_path: Path, *, frames_dtype: str, num_actions: int) -> Path:
+    """One checkpoint in the DQN Replay layout: 3 games of 40 steps."""
+    import numpy as np
+
+    from rllib_lamo.data.dqn_replay import write_store_files
+
+    terminal = np.zeros(120, np.uint8)
+    terminal[[39, 79, 119]] = 1
+    write_store_files(
+        tmp_path / "replay_logs",
+        1,
+        {
+            "observation": np.zeros((120, 84, 84), frames_dtype),
+            "action": np.arange(120, dtype=np.int32) % num_actions,
+            "reward": np.zeros(120, np.float32),
+            "terminal": terminal,
+        },
+    )
+    return tmp_path / "replay_logs"
+
+
 ENV_CASES = [
     (
         "env-unknown-id",
@@ -198,6 +245,12 @@ ENV_CASES = [
         "dataset-no-episodes",
         lambda tmp_path: (str(_dataset_with(tmp_path / "empty", num_episodes=0)), "Hopper-v5"),
         "/empty/metadata.json: num_episodes is 0: the dataset holds no episode to train on.",
+    ),
+    (
+        "dataset-other-atari-game",
+        lambda tmp_path: (str(_pong_frames_dataset(tmp_path)), "QbertDT-v0"),
+        "/pong-frames/metadata.json: env_id is 'PongDT-v0', but `env` is 'QbertDT-v0': expected "
+        "a dataset recorded on qbertdt (any version), or set `env` to 'PongDT-v0'.",
     ),
 ]
 
@@ -525,6 +578,16 @@ def _report_from_mistyped_store(tmp_path: Path) -> list[str]:
     return ["lamo-report", "--experiment", "x", "--tracking-uri", store_uri, "--out", "report"]
 
 
+def _dqn_replay_float_frames(tmp_path: Path) -> list[str]:
+    replay = _dqn_replay_files(tmp_path, frames_dtype="float32", num_actions=6)
+    return ["lamo-data", "from-dqn-replay", str(replay), "--game", "pong", "--checkpoints", "1"]
+
+
+def _dqn_replay_of_another_game(tmp_path: Path) -> list[str]:
+    replay = _dqn_replay_files(tmp_path, frames_dtype="uint8", num_actions=6)
+    return ["lamo-data", "from-dqn-replay", str(replay), "--game", "breakout", "--checkpoints", "1"]
+
+
 TOOL_CASES = [
     (
         "data-info-missing-shard",
@@ -545,6 +608,18 @@ TOOL_CASES = [
         1,
         "lamo-data generate: error: unknown kind 'medium' for task kitchen; choose from "
         "('complete', 'partial', 'mixed')",
+        "data-dqn-replay-float-frames",
+        _dqn_replay_float_frames,
+        1,
+        "/replay_logs/$store$_observation_ckpt.1.gz: field 'observation': holds float32 frames "
+        "of shape (84, 84), expected uint8 (84, 84)",
+    ),
+    (
+        "data-dqn-replay-other-game",
+        _dqn_replay_of_another_game,
+        1,
+        "/replay_logs/$store$_action_ckpt.1.gz: field 'action': row 4 holds action 4, outside "
+        "breakout's 4 actions (0..3): is this another game's replay?",
     ),
     (
         "report-mistyped-store",
@@ -602,6 +677,11 @@ CASE_INPUTS = {
     "kitchen-dataset-obs-size": "`env: LaMoKitchen-v0` on data in D4RL's kitchen-v0 layout "
     "(obs 60 vs 59)",
     "data-generate-kitchen-unknown-kind": "`lamo-data generate kitchen --kind medium`",
+    "dataset-other-atari-game": "`env: QbertDT-v0` on Pong frames (same spaces)",
+    "data-dqn-replay-float-frames": "`lamo-data from-dqn-replay DIR --game pong --checkpoints 1` "
+    "whose observation file holds float32 frames",
+    "data-dqn-replay-other-game": "`lamo-data from-dqn-replay DIR --game breakout ...` on a "
+    "replay with 6 actions",
     "cli-lora_rank-text": '`rllib train file ... --config \'{"lora_rank": "sixteen"}\'`',
     "cli-lr-text": '`rllib train file ... --config \'{"lr": "fast"}\'`',
     "cli-env-unknown": '`rllib train file ... --config \'{"env": "Hopper-v55"}\'`',

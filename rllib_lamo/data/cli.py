@@ -14,8 +14,22 @@ from collections.abc import Callable, Sequence
 
 
 def _generate(args: argparse.Namespace) -> None:
+    from rllib_lamo.data.names import default_num_steps, kinds_of
+    from rllib_lamo.envs.atari import ATARI_GAMES
+
+    if args.task in ATARI_GAMES:
+        from rllib_lamo.data.atari_generate import generate_atari
+
+        generate_atari(
+            args.task,
+            args.kind or "medium",
+            args.out,
+            num_steps=args.steps or default_num_steps(args.task),
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+        return
     from rllib_lamo.data.generate import generate
-    from rllib_lamo.data.names import kinds_of
 
     generate(
         args.task,
@@ -67,6 +81,24 @@ def _from_rllib(args: argparse.Namespace) -> None:
         print(f"left out {dropped} episode(s) whose end was not recorded")
 
 
+def _from_dqn_replay(args: argparse.Namespace) -> None:
+    from rllib_lamo.data.dqn_replay import convert_dqn_replay, parse_checkpoints
+
+    _report_written(
+        convert_dqn_replay(
+            args.dir,
+            args.out or f"{args.game}-dqn-replay",
+            game=args.game,
+            checkpoints=parse_checkpoints(args.checkpoints),
+            num_steps=args.steps,
+            trajectories_per_buffer=args.trajectories_per_buffer,
+            max_transitions_per_buffer=args.max_transitions_per_buffer,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    )
+
+
 def _subset(args: argparse.Namespace) -> None:
     from rllib_lamo.data.subsets import write_subset
 
@@ -101,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         default_num_steps,
     )
     from rllib_lamo.data.rllib_output import ACTION_MODES
+    from rllib_lamo.envs.atari import ATARI_GAMES
 
     parser = argparse.ArgumentParser(prog="lamo-data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -114,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         _generate,
         "train a behaviour policy on a MuJoCo v5 task or Reacher2d-v0 (or reuse "
-        "it from the cache) and record a D4RL-style dataset; kitchen: scripted demonstrations",
+        "it from the cache) and record a D4RL-style dataset; kitchen: scripted demonstrations; "
+        "Atari (pong, breakout): a scripted policy with epsilon noise",
     )
-    p.add_argument("task", choices=sorted(TASK_ENVS))
+    p.add_argument("task", choices=sorted([*TASK_ENVS, *ATARI_GAMES]))
     p.add_argument(
         "--kind",
         choices=ALL_KINDS,
@@ -129,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"steps per policy (default {DEFAULT_NUM_STEPS}; kitchen "
-        f"{default_num_steps('kitchen')})",
+        f"{default_num_steps('kitchen')}; Atari {default_num_steps('breakout')})",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="trained policies")
@@ -163,6 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(RLlib's default normalize_actions=True), 'clipped' (clip_actions=True)",
     )
 
+    p = command(
+        "from-dqn-replay",
+        _from_dqn_replay,
+        "sample and convert DQN Replay Dataset checkpoints ($store$_*_ckpt.N.gz) as DT does",
+    )
+    p.add_argument("dir", metavar="DIR", help="a run's replay_logs folder")
+    p.add_argument("--game", choices=sorted(ATARI_GAMES), required=True)
+    p.add_argument(
+        "--checkpoints", required=True, help="checkpoint numbers: 49, 40-49 or 1,5,40-42"
+    )
+    p.add_argument("--out", default=None, help="output folder (default ./<game>-dqn-replay)")
+    p.add_argument("--steps", type=int, default=500_000, help="transitions to take (DT: 500K)")
+    p.add_argument("--trajectories-per-buffer", type=int, default=10)
+    p.add_argument("--max-transitions-per-buffer", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=0)
+
     p = command("subset", _subset, "seeded random subset of whole episodes")
     p.add_argument("path", metavar="IN")
     p.add_argument("out", metavar="OUT")
@@ -176,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("validate", _validate, "check every shard of a dataset against the format")
     p.add_argument("path", metavar="PATH")
 
-    for name in ("generate", "from-minari", "from-d4rl", "from-rllib", "subset"):
+    for name in ("generate", "from-minari", "from-d4rl", "from-rllib", "from-dqn-replay", "subset"):
         sub.choices[name].add_argument(
             "--overwrite", action="store_true", help="replace an existing output folder"
         )

@@ -34,6 +34,8 @@ METADATA_FILE = "metadata.json"
 SHARD_NAME = "episodes-{index:05d}.parquet"
 SHARD_PATTERN = re.compile(r"^episodes-\d{5}\.parquet$")
 DEFAULT_MAX_STEPS_PER_SHARD = 50_000
+# Image datasets: 10K frames of 84x84 are ~70 MB before compression (one shard in memory).
+FRAME_MAX_STEPS_PER_SHARD = 10_000
 EPISODE_COLUMNS: tuple[str, ...] = (
     "eps_id",
     "obs",
@@ -86,12 +88,20 @@ def space_to_dict(space: gym.Space) -> dict[str, Any]:
             "type": "Box",
             "shape": list(space.shape),
             "dtype": str(space.dtype),
-            "low": json_floats(space.low.reshape(-1)),
-            "high": json_floats(space.high.reshape(-1)),
+            "low": json_floats(_uniform_or_all(space.low)),
+            "high": json_floats(_uniform_or_all(space.high)),
         }
     if isinstance(space, gym.spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n)}
     raise TypeError(f"unsupported space {space!r}: only Box and Discrete are in the format")
+
+
+def _uniform_or_all(bounds: np.ndarray) -> np.ndarray:
+    """A large Box's bounds as one value when they are all equal (images), else all of them."""
+    flat = bounds.reshape(-1)
+    if flat.size > 64 and np.all(flat == flat[0]):
+        return flat[:1]
+    return flat
 
 
 def space_from_dict(spec: Mapping[str, Any]) -> gym.Space:
@@ -99,8 +109,9 @@ def space_from_dict(spec: Mapping[str, Any]) -> gym.Space:
     if spec["type"] == "Box":
         shape = tuple(spec["shape"])
         dtype = np.dtype(spec.get("dtype", "float32"))
-        low = np.array(floats_from_json(spec["low"]), dtype=dtype).reshape(shape)
-        high = np.array(floats_from_json(spec["high"]), dtype=dtype).reshape(shape)
+        # One value stands for all (an image's 0 and 255 for each of its pixels).
+        low = np.broadcast_to(np.array(floats_from_json(spec["low"]), dtype=dtype), shape)
+        high = np.broadcast_to(np.array(floats_from_json(spec["high"]), dtype=dtype), shape)
         return gym.spaces.Box(low=low, high=high, shape=shape, dtype=dtype)
     if spec["type"] == "Discrete":
         return gym.spaces.Discrete(int(spec["n"]))
@@ -132,6 +143,44 @@ def flat_dim(space_dict: Mapping[str, Any]) -> int:
     if space_dict["type"] == "Discrete":
         return 0
     return int(np.prod(space_dict["shape"], dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """How image observations are stored: one uint8 frame per step, stacked when read.
+
+    An observation space ``Box(uint8, (C, H, W))`` is a stack of the last C frames; an episode
+    of N steps stores its N frames (H*W bytes each), not N stacks, and windows stack them.
+    """
+
+    stack: int
+    frame_shape: tuple[int, int]
+
+    @property
+    def frame_size(self) -> int:
+        return self.frame_shape[0] * self.frame_shape[1]
+
+    def describe(self) -> str:
+        return f"one {self.frame_shape[0]}x{self.frame_shape[1]} uint8 frame per step"
+
+
+def frame_layout(space: gym.Space | Mapping[str, Any]) -> FrameLayout | None:
+    """The frame layout of a stacked-image observation space, None for vector observations."""
+    if isinstance(space, Mapping):
+        kind, shape, dtype = space["type"], tuple(space["shape"]), space.get("dtype", "float32")
+    else:
+        kind, shape, dtype = type(space).__name__, space.shape, str(space.dtype)
+    if kind != "Box" or len(shape) != 3 or np.dtype(dtype) != np.uint8:
+        return None
+    return FrameLayout(stack=int(shape[0]), frame_shape=(int(shape[1]), int(shape[2])))
+
+
+def stored_obs_dim(space: gym.Space | Mapping[str, Any]) -> int:
+    """Width of one step's stored `obs` row: a frame's pixels, or the flat observation."""
+    layout = frame_layout(space)
+    if layout is not None:
+        return layout.frame_size
+    return flat_dim(space if isinstance(space, Mapping) else space_to_dict(space))
 
 
 # ------------------------------------------------------------------------------ file systems

@@ -26,7 +26,8 @@ TASK_KINDS: dict[str, tuple[str, ...]] = {"kitchen": ("complete", "partial", "mi
 DEFAULT_NUM_STEPS = 1_000_000
 # Tasks whose default size is not DEFAULT_NUM_STEPS: the scripted kitchen records ~140 steps/s
 # per core, so 50k steps (~400 episodes; D4RL's kitchen-partial has 137k) take a few minutes.
-TASK_NUM_STEPS: dict[str, int] = {"kitchen": 50_000}
+# Atari's scripted paddle policies hold ~7 KB of frames per step in memory while recording.
+TASK_NUM_STEPS: dict[str, int] = {"kitchen": 50_000, "pong": 50_000, "breakout": 50_000}
 ALL_KINDS = tuple(dict.fromkeys([*KINDS, *(k for kinds in TASK_KINDS.values() for k in kinds)]))
 _STEP_UNITS = {"k": 1_000, "m": 1_000_000}
 _KIND_PATTERN = "|".join(sorted(ALL_KINDS, key=len, reverse=True))

@@ -17,14 +17,17 @@ from rllib_lamo.data.format import (
     EPISODE_COLUMNS,
     METADATA_FILE,
     DatasetError,
+    FrameLayout,
     flat_dim,
     flatten_list_column,
     flatten_object_column,
     floats_from_json,
+    frame_layout,
     list_shards,
     read_metadata,
     read_shard,
     resolve_filesystem,
+    stored_obs_dim,
 )
 
 # float32 rewards summed over 1000 steps drift by ~1e-4 relative; anything beyond this is corrupt.
@@ -48,6 +51,7 @@ def validate_episode_batch(
     obs_dim: int,
     action_space_dict: Mapping[str, Any],
     allow_empty: bool = True,
+    frames: FrameLayout | None = None,
 ) -> int:
     """Check a batch of episode rows; raise :class:`DatasetError` naming source and field.
 
@@ -56,6 +60,8 @@ def validate_episode_batch(
     lengths, obs/action widths, finiteness, actions inside the action space and that
     ``return`` is the sum of ``rewards``. Returns the number of steps in the batch.
     ``allow_empty``: a streaming block may be empty after a filter; a shard file may not.
+    ``frames``: image observations, stored as one uint8 frame per step (``obs_dim`` is then
+    the frame's pixel count).
     """
     columns, arrow_typed = _as_columns(batch)
     missing = [c for c in EPISODE_COLUMNS if c not in columns]
@@ -97,16 +103,18 @@ def validate_episode_batch(
                 f"has {flat.lengths[bad[0]]} steps but length is {lengths[bad[0]]} {where(bad[0])}",
             )
 
-    for name, flat, wanted in (("obs", obs, np.float32), ("rewards", rewards, np.float32)):
+    obs_dtype = np.uint8 if frames is not None else np.float32
+    for name, flat, wanted in (("obs", obs, obs_dtype), ("rewards", rewards, np.float32)):
         if flat.values.dtype != wanted:
-            raise DatasetError(source, name, f"must be float32, got {flat.values.dtype}")
+            raise DatasetError(source, name, f"must be {np.dtype(wanted)}, got {flat.values.dtype}")
     if discrete:
         if not np.issubdtype(actions.values.dtype, np.integer):
             raise DatasetError(source, "actions", f"must be int64, got {actions.values.dtype}")
     elif actions.values.dtype != np.float32:
         raise DatasetError(source, "actions", f"must be float32, got {actions.values.dtype}")
     if obs.values.shape[1] != obs_dim:
-        raise DatasetError(source, "obs", f"has width {obs.values.shape[1]}, expected {obs_dim}")
+        expected = f"{obs_dim} ({frames.describe()})" if frames is not None else f"{obs_dim}"
+        raise DatasetError(source, "obs", f"has width {obs.values.shape[1]}, expected {expected}")
 
     step_episode = np.repeat(np.arange(num_rows), lengths)
     for name, flat in (("obs", obs), ("actions", actions), ("rewards", rewards)):
@@ -183,7 +191,8 @@ def validate_dataset(path: str | os.PathLike) -> dict[str, Any]:
     if not shards:
         raise DatasetError(str(path), None, "has metadata.json but no episodes-*.parquet shards")
     fs, _ = resolve_filesystem(path)
-    obs_dim = flat_dim(meta["observation_space"])
+    frames = frame_layout(meta["observation_space"])
+    obs_dim = stored_obs_dim(meta["observation_space"])
     seen_ids: set[str] = set()
     episodes = steps = 0
     for shard in shards:
@@ -194,6 +203,7 @@ def validate_dataset(path: str | os.PathLike) -> dict[str, Any]:
             obs_dim=obs_dim,
             action_space_dict=meta["action_space"],
             allow_empty=False,
+            frames=frames,
         )
         ids = table.column("eps_id").to_pylist()
         duplicated = seen_ids.intersection(ids)

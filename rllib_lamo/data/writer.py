@@ -27,16 +27,19 @@ from rllib_lamo.data.format import (
     CONTENT_HASH_KEY,
     DEFAULT_MAX_STEPS_PER_SHARD,
     FORMAT,
+    FRAME_MAX_STEPS_PER_SHARD,
     METADATA_FILE,
     SHARD_NAME,
     DatasetError,
     Episode,
     flat_dim,
     floats_from_json,
+    frame_layout,
     iter_episodes,
     json_floats,
     read_metadata,
     space_to_dict,
+    stored_obs_dim,
 )
 from rllib_lamo.data.validation import validate_episode_batch
 from rllib_lamo.scores import reference_scores
@@ -54,6 +57,7 @@ PRODUCING_PACKAGES = (
     "torch",
     "minari",
     "ray",
+    "ale-py",
 )
 
 
@@ -128,7 +132,10 @@ class EpisodeDatasetWriter:
             raise FileExistsError(f"{self.out_dir} already exists (pass --overwrite to replace it)")
         self.obs_space_dict = _space_dict(self.observation_space)
         self.action_space_dict = _space_dict(self.action_space)
-        self.obs_dim = flat_dim(self.obs_space_dict)
+        self.frames = frame_layout(self.obs_space_dict)
+        self.obs_dim = stored_obs_dim(self.obs_space_dict)
+        if self.frames is not None and self.max_steps_per_shard == DEFAULT_MAX_STEPS_PER_SHARD:
+            self.max_steps_per_shard = FRAME_MAX_STEPS_PER_SHARD
         self.act_dim = flat_dim(self.action_space_dict)
         self.discrete = self.action_space_dict["type"] == "Discrete"
         self.name = self.name or self.out_dir.name
@@ -140,12 +147,15 @@ class EpisodeDatasetWriter:
         self._shards: list[dict[str, Any]] = []
         self._returns: list[float] = []
         self._obs_moments = _RunningMoments()
+        self._num_flushed_steps = 0
         self._content_digest = hashlib.sha256()
         self._ids: set[str] = set()
         self._finished = False
         self._schema = self._arrow_schema()
         # Parquet paths of the float leaves (Arrow names a list's child "element").
-        self._float_leaf_paths = ["obs.list.element.list.element", "rewards.list.element"]
+        self._float_leaf_paths = ["rewards.list.element"]
+        if self.frames is None:
+            self._float_leaf_paths.append("obs.list.element.list.element")
         if not self.discrete:
             self._float_leaf_paths.append("actions.list.element.list.element")
 
@@ -163,8 +173,12 @@ class EpisodeDatasetWriter:
         """Add one episode (T obs without the final next-obs, T actions, T rewards)."""
         if self._finished:
             raise RuntimeError("writer already closed")
+        label = source or f"{self.out_dir} episode {eps_id!r}"
+        if self.frames is not None and np.asarray(obs).dtype != np.uint8:
+            # Never cast frames silently: float pixels in [0, 1] would become all zeros.
+            raise DatasetError(label, "obs", f"must be uint8 frames, got {np.asarray(obs).dtype}")
         episode = Episode(
-            obs=_rows(obs, np.float32, self.obs_dim),
+            obs=_rows(obs, np.uint8 if self.frames else np.float32, self.obs_dim),
             actions=(
                 np.ascontiguousarray(actions, dtype=np.int64).reshape(-1)
                 if self.discrete
@@ -197,7 +211,7 @@ class EpisodeDatasetWriter:
 
     @property
     def num_steps(self) -> int:
-        return self._obs_moments.count + self._buffered_steps
+        return self._num_flushed_steps + self._buffered_steps
 
     def close(self) -> dict[str, Any]:
         """Write the last shard and metadata.json, then publish the folder atomically."""
@@ -230,7 +244,7 @@ class EpisodeDatasetWriter:
 
     # -- internals ---------------------------------------------------------------------------
     def _arrow_schema(self) -> pa.Schema:
-        step_obs = pa.list_(pa.float32(), self.obs_dim)
+        step_obs = pa.list_(pa.uint8() if self.frames else pa.float32(), self.obs_dim)
         step_action = pa.int64() if self.discrete else pa.list_(pa.float32(), self.act_dim)
         return pa.schema(
             [
@@ -247,9 +261,10 @@ class EpisodeDatasetWriter:
     def _check_episode(self, episode: Episode, source: str) -> None:
         """The same checks readers apply, run on the episode before it reaches a shard."""
         if episode.obs.ndim != 2 or episode.obs.shape[1] != self.obs_dim:
-            raise DatasetError(
-                source, "obs", f"has shape {episode.obs.shape}, expected [T, {self.obs_dim}]"
-            )
+            expected = f"[T, {self.obs_dim}]"
+            if self.frames is not None:
+                expected = f"[T, {self.obs_dim}] ({self.frames.describe()}, not stacks)"
+            raise DatasetError(source, "obs", f"has shape {episode.obs.shape}, expected {expected}")
         validate_episode_batch(
             {
                 "eps_id": np.array([episode.eps_id], dtype=object),
@@ -263,6 +278,7 @@ class EpisodeDatasetWriter:
             source=source,
             obs_dim=self.obs_dim,
             action_space_dict=self.action_space_dict,
+            frames=self.frames,
         )
 
     def _flush(self) -> None:
@@ -313,7 +329,9 @@ class EpisodeDatasetWriter:
             {"file": shard_name, "num_episodes": len(episodes), "num_steps": int(lengths.sum())}
         )
         self._returns.extend(returns.tolist())
-        self._obs_moments.update(obs)
+        self._num_flushed_steps += int(lengths.sum())
+        if self.frames is None:  # pixels are scaled by a constant, not by their statistics
+            self._obs_moments.update(obs)
 
     def _metadata(self) -> dict[str, Any]:
         returns = np.array(self._returns)
@@ -327,14 +345,14 @@ class EpisodeDatasetWriter:
             "observation_space": self.obs_space_dict,
             "action_space": self.action_space_dict,
             "num_episodes": len(returns),
-            "num_steps": int(self._obs_moments.count),
+            "num_steps": self._num_flushed_steps,
             "return": _stats(returns),
             "normalised_return": normalised,
             "ref_min_score": refs.random if refs else None,
             "ref_max_score": refs.expert if refs else None,
             "v5_random_score": self.v5_random_score,
             "v5_expert_score": self.v5_expert_score,
-            "obs_mean": self._obs_moments.mean.tolist(),
+            "obs_mean": None if self._obs_moments.mean is None else self._obs_moments.mean.tolist(),
             "obs_std": std.tolist() if std is not None else None,
             "source": dict(self.source) if self.source else None,
             "policy": dict(self.policy) if self.policy else None,
@@ -372,9 +390,10 @@ def _rows(values: Any, dtype: type, width: int) -> np.ndarray:
 
 
 def _space_dict(space: gym.Space | Mapping[str, Any]) -> dict[str, Any]:
-    """The stored form of a space; Box values are stored as float32, so its dtype says so."""
+    """The stored form of a space; Box values are stored as float32, so its dtype says so
+    (stacked uint8 frames stay uint8)."""
     spec = dict(space) if isinstance(space, Mapping) else space_to_dict(space)
-    if spec["type"] == "Box":
+    if spec["type"] == "Box" and frame_layout(spec) is None:
         spec["dtype"] = "float32"
         for bound in ("low", "high"):
             values = np.array(floats_from_json(spec[bound]), dtype=np.float32)

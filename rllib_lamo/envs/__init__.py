@@ -3,6 +3,8 @@
 ``Reacher2d-v0``: LaMo's sparse-reward planar arm (:mod:`rllib_lamo.envs.reacher2d`).
 ``LaMoKitchen-v0``: Franka Kitchen with D4RL's four tasks and flat observation
 (:mod:`rllib_lamo.envs.kitchen`).
+``PongDT-v0``, ``BreakoutDT-v0``, ``QbertDT-v0``: Atari under the Decision Transformer's
+protocol (:mod:`rllib_lamo.envs.atari`).
 """
 
 from __future__ import annotations
@@ -35,3 +37,13 @@ def register_envs() -> None:
             entry_point="rllib_lamo.envs.kitchen:LaMoKitchenEnv",
             max_episode_steps=KITCHEN_EPISODE_STEPS,
         )
+    from rllib_lamo.envs.atari import ATARI_GAMES, atari_env_id
+
+    for task, game in ATARI_GAMES.items():
+        if atari_env_id(task) not in registry:
+            # No time limit here: the ALE ends an episode after 108,000 frames itself.
+            register(
+                id=atari_env_id(task),
+                entry_point="rllib_lamo.envs.atari:make_atari_env",
+                kwargs={"game": game},
+            )

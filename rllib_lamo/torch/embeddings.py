@@ -24,6 +24,33 @@ class ResidualMLPEmbedding(nn.Module):
         return projected + self.output_layer(nn.functional.gelu(projected))
 
 
+class NatureCNNEncoder(nn.Module):
+    """The Decision Transformer's Atari state encoder (the Nature-DQN torso) to the LM's width.
+
+    Conv(C, 32, 8, stride 4) -> ReLU -> Conv(32, 64, 4, stride 2) -> ReLU -> Conv(64, 64, 3)
+    -> ReLU -> Linear(-> hidden) -> Tanh, on [N, C, H, W] stacks of frames (3136 features
+    before the linear layer for 84x84 frames).
+    """
+
+    def __init__(self, channels: int, height: int, width: int, hidden: int):
+        super().__init__()
+        self.convolutions = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            features = self.convolutions(torch.zeros(1, channels, height, width)).shape[1]
+        self.projection = nn.Sequential(nn.Linear(features, hidden), nn.Tanh())
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.convolutions(frames))
+
+
 def build_token_embedding(kind: str, in_dim: int, hidden: int) -> nn.Module:
     """Embedding of one token type (return, state or action) into the LM's hidden size."""
     if kind == "mlp":

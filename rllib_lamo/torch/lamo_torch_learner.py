@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
+import numpy as np
 import ray
 import torch
 from ray.rllib.core.columns import Columns
@@ -40,7 +42,7 @@ from rllib_lamo.torch.performance import (
     peak_flops,
     training_flops,
 )
-from rllib_lamo.windows import ATTENTION_MASK
+from rllib_lamo.windows import ATTENTION_MASK, FRAME_INDEX
 
 if TYPE_CHECKING:
     # Type only: `LaMoConfig` imports this learner (its default learner class).
@@ -71,6 +73,43 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
         self._grad_scaler = torch.amp.GradScaler(self._device.type) if fp16 else None
         self._flops_per_step: dict[ModuleID, int] = {}  # filled on each module's first step
         self._peak_flops = peak_flops(self._device, self.config.mixed_precision is not None)
+        self._frames: torch.Tensor | None = None  # an image dataset's frames (`set_frames`)
+
+    def set_frames(self, frames: ray.ObjectRef | np.ndarray) -> None:
+        """Takes the dataset's frames [N, H, W] uint8, that image windows' `FRAME_INDEX` points to.
+
+        Sent once per run (`LaMo.setup`) through the object store: on a CPU the array is a
+        zero-copy view of it, on a GPU it is copied to the device once, and every batch then
+        gathers its frame stacks here, so no image passes through the driver per batch.
+        """
+        if isinstance(frames, ray.ObjectRef):
+            frames = ray.get(frames)
+        with warnings.catch_warnings():
+            # The object store's arrays are read-only; the frames are only ever read.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self._frames = torch.as_tensor(frames, device=self._device)
+
+    def _gather_frames(self, module_batch: dict[str, Any]) -> None:
+        """Replaces `FRAME_INDEX` by the stacked frames `OBS` [B, K, C, H, W] (padding: 0)."""
+        if FRAME_INDEX not in module_batch:
+            return
+        if self._frames is None:
+            raise RuntimeError(
+                "The batch carries frame indices but this learner holds no frames: call "
+                "`set_frames` first (LaMo.setup does)."
+            )
+        index = torch.as_tensor(module_batch.pop(FRAME_INDEX))
+        if self._frames.device.type == "cpu":
+            # numpy's gather of uint8 rows is ~8x torch's advanced indexing on a CPU thread.
+            stacks = torch.from_numpy(np.take(self._frames.numpy(), index.numpy(), axis=0))
+        else:
+            flat = index.to(self._device).reshape(-1).long()
+            stacks = self._frames.index_select(0, flat).reshape(
+                *index.shape, *self._frames.shape[1:]
+            )
+        real = torch.as_tensor(module_batch[ATTENTION_MASK], device=self._device) > 0
+        stacks[~real] = 0  # in place: the gather made a new tensor
+        module_batch[Columns.OBS] = stacks
 
     def _training_flops(self, module_id: ModuleID) -> int:
         """Model FLOPs of one gradient step of this module (trajectory batch + text batch)."""
@@ -100,6 +139,8 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
     def _update(self, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
         """One gradient step, timed: logs steps/s, tokens/s, TFLOP/s and MFU per module."""
         started = time.perf_counter()
+        for module_batch in batch.values():
+            self._gather_frames(module_batch)
         result = super()._update(batch)
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
@@ -184,6 +225,7 @@ class LaMoTorchLearner(LaMoLearner, TorchLearner):
         losses = {}
         for module_id, module_batch in tensors.policy_batches.items():
             module = self.module[module_id].unwrapped()
+            self._gather_frames(module_batch)
             was_training = module.training
             module.eval()
             try:

@@ -21,6 +21,7 @@ from ray.rllib.utils.torch_utils import convert_to_torch_tensor
 from ray.rllib.utils.typing import StateDict
 from torch import nn
 
+from rllib_lamo.data.format import frame_layout
 from rllib_lamo.language_models import (
     adapt_language_model,
     hidden_size,
@@ -28,7 +29,11 @@ from rllib_lamo.language_models import (
     load_language_model,
     trajectory_hidden_states,
 )
-from rllib_lamo.torch.embeddings import build_action_head, build_token_embedding
+from rllib_lamo.torch.embeddings import (
+    NatureCNNEncoder,
+    build_action_head,
+    build_token_embedding,
+)
 from rllib_lamo.torch.performance import autocast_dtype
 from rllib_lamo.windows import ATTENTION_MASK, RETURNS_TO_GO, TIMESTEPS
 
@@ -75,6 +80,8 @@ class LaMoTorchRLModule(TorchRLModule):
         self._discrete = isinstance(self.action_space, gym.spaces.Discrete)
         self._max_ep_len = config["max_ep_len"]
         obs_dim = int(np.prod(self.observation_space.shape))
+        # Stacked uint8 frames (Atari) get the conv encoder; vectors the token embedding.
+        self._frames = frame_layout(self.observation_space)
         action_dim = int(self.action_space.n) if self._discrete else int(self.action_space.shape[0])
 
         # A private RNG stream for the LM's construction: a random init (lm_pretrained=False)
@@ -100,7 +107,10 @@ class LaMoTorchRLModule(TorchRLModule):
 
         embedding = config["embedding"]
         self.return_embedding = build_token_embedding(embedding, 1, hidden)
-        self.state_embedding = build_token_embedding(embedding, obs_dim, hidden)
+        if self._frames is not None:
+            self.state_embedding = NatureCNNEncoder(*self.observation_space.shape, hidden)
+        else:
+            self.state_embedding = build_token_embedding(embedding, obs_dim, hidden)
         self.action_embedding = build_token_embedding(embedding, action_dim, hidden)
         self.timestep_embedding = nn.Embedding(self._max_ep_len, hidden)
         self.embedding_norm = nn.LayerNorm(hidden)
@@ -114,13 +124,15 @@ class LaMoTorchRLModule(TorchRLModule):
 
         obs_mean = config.get("obs_mean")
         obs_std = config.get("obs_std")
+        # Frames are normalised by one constant (set from the dataset: 0 and 255).
+        stats_dim = 1 if self._frames is not None else obs_dim
         self.register_buffer(
             "obs_mean",
-            torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean).float(),
+            torch.zeros(stats_dim) if obs_mean is None else torch.as_tensor(obs_mean).float(),
         )
         self.register_buffer(
             "obs_std",
-            torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std).float(),
+            torch.ones(stats_dim) if obs_std is None else torch.as_tensor(obs_std).float(),
         )
 
         self._state_keys = [n for n, p in self.named_parameters() if p.requires_grad] + [
@@ -160,18 +172,24 @@ class LaMoTorchRLModule(TorchRLModule):
         batch_size, context_len = mask.shape
         real = mask.to(self.obs_mean.dtype).unsqueeze(-1)
 
-        obs = batch[Columns.OBS].reshape(batch_size, context_len, -1)
-        # Padding rows stay 0 after normalisation, as in the unnormalised data.
-        obs = (obs - self.obs_mean) / self.obs_std * real
+        if self._frames is not None:
+            frames = batch[Columns.OBS].reshape(-1, *self.observation_space.shape)
+            frames = (frames.to(self.obs_mean.dtype) - self.obs_mean) / self.obs_std
+            states = self.state_embedding(frames * real.reshape(-1, 1, 1, 1))
+            states = states.reshape(batch_size, context_len, -1)
+        else:
+            obs = batch[Columns.OBS].reshape(batch_size, context_len, -1)
+            # Padding rows stay 0 after normalisation, as in the unnormalised data.
+            states = self.state_embedding((obs - self.obs_mean) / self.obs_std * real)
         actions = batch[Columns.ACTIONS]
         if self._discrete:
-            actions = nn.functional.one_hot(actions.long(), self.action_space.n).to(obs.dtype)
-        returns_to_go = batch[RETURNS_TO_GO].unsqueeze(-1).to(obs.dtype)
+            actions = nn.functional.one_hot(actions.long(), self.action_space.n).to(real.dtype)
+        returns_to_go = batch[RETURNS_TO_GO].unsqueeze(-1).to(real.dtype)
 
         tokens = torch.stack(
             [
                 self.return_embedding(returns_to_go),
-                self.state_embedding(obs),
+                states,
                 self.action_embedding(actions),
             ],
             dim=2,
