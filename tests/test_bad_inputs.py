@@ -608,6 +608,8 @@ TOOL_CASES = [
         1,
         "lamo-data generate: error: unknown kind 'medium' for task kitchen; choose from "
         "('complete', 'partial', 'mixed')",
+    ),
+    (
         "data-dqn-replay-float-frames",
         _dqn_replay_float_frames,
         1,
