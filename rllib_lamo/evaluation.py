@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from ray.rllib.env.env_runner import EnvRunner
 
 BEST_KEY = "best"
+# Salt of the evaluation episodes' action streams (kept apart from their env seeds).
+ACTION_STREAM = 0x5A4D
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,8 @@ def run_episodes(
     device = _module_device(module)
     queue = iter(tasks)
     running: dict[int, tuple[EpisodeTask, float]] = {}  # row -> (task, start time)
+    sample = isinstance(action_space, gym.spaces.Discrete) and config.sample_discrete_actions
+    action_rngs: dict[int, np.random.Generator] = {}  # row -> its episode's action stream
 
     def start_next(row: int) -> None:
         task = next(queue, None)
@@ -273,6 +277,8 @@ def run_episodes(
         observation, _ = envs[row].reset(seed=task.seed)
         buffer.start(row, observation, task.target_return)
         running[row] = (task, time.perf_counter())
+        if sample:
+            action_rngs[row] = np.random.default_rng([ACTION_STREAM, task.index, task.seed or 0])
 
     for row in range(len(envs)):
         start_next(row)
@@ -285,7 +291,12 @@ def run_episodes(
             for column, values in buffer.batch(rows).items()
         }
         with torch.no_grad():
-            actions = module.forward_inference(inputs)[Columns.ACTIONS].cpu().numpy()
+            outputs = module.forward_inference(inputs)
+        if sample:
+            uniforms = np.array([action_rngs[row].random() for row in rows])
+            actions = sample_categorical(outputs[Columns.ACTION_DIST_INPUTS].cpu(), uniforms)
+        else:
+            actions = outputs[Columns.ACTIONS].cpu().numpy()
         steps = [
             envs[row].step(action)
             for row, action in zip(rows, _to_env(actions, action_space, config), strict=True)
@@ -307,6 +318,12 @@ def run_episodes(
             )
             start_next(row)
     return finished, env_steps
+
+
+def sample_categorical(logits: torch.Tensor, uniforms: np.ndarray) -> np.ndarray:
+    """One draw per row from softmax(`logits`) by inverting its CDF at the row's uniform."""
+    cdf = torch.softmax(logits.double(), dim=-1).cumsum(dim=-1).numpy()
+    return np.minimum((cdf < uniforms[:, None]).sum(axis=1), logits.shape[-1] - 1)
 
 
 def _to_env(actions: np.ndarray, action_space: gym.Space, config: AlgorithmConfig) -> np.ndarray:

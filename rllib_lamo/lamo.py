@@ -130,6 +130,9 @@ class LaMoConfig(AlgorithmConfig):
         # The paper reports each target's mean over its last 8 evaluations (the last 20K of
         # 100K steps, evaluated every 2.5K), then the best target.
         self.paper_score_last_n_evals = 8
+        # Discrete actions (Atari) are drawn from the policy's softmax, as DT's and LaMo's
+        # Atari evaluations do; False takes the most likely one.
+        self.sample_discrete_actions = True
         # Evaluation episodes (all targets mixed) run side by side on each evaluation runner's
         # sub-envs, with one model call per env step for all of them.
         self.num_envs_per_env_runner = 20
@@ -181,6 +184,7 @@ class LaMoConfig(AlgorithmConfig):
         validation_num_windows: int = NotProvided,
         target_returns: list[float] = NotProvided,
         paper_score_last_n_evals: int = NotProvided,
+        sample_discrete_actions: bool = NotProvided,
         mixed_precision: str | None = NotProvided,
         **kwargs: Any,
     ) -> LaMoConfig:
@@ -223,6 +227,10 @@ class LaMoConfig(AlgorithmConfig):
                 ``evaluation/paper_score``): each target's mean over the last N evaluations
                 (all of them while fewer), then the best target. Paper: 8 (last 20K of 100K
                 steps, evaluated every 2.5K): set N to cover the same share of your run.
+            sample_discrete_actions: Evaluation draws discrete actions from the softmax (DT's
+                and LaMo's Atari code; each episode from its own stream seeded by its env
+                seed, so scores do not depend on how many episodes run side by side); False:
+                the argmax. Continuous actions are always the deterministic prediction.
             mixed_precision: Autocast the learner's forward passes (trajectory and text) to
                 ``bf16``, or ``fp16`` with a gradient scaler, or ``auto`` (bf16 where the
                 device supports it, else fp16); None trains in float32. Weights, optimizer

@@ -36,6 +36,7 @@ from rllib_lamo.evaluation import (
     evaluate_target_returns,
     run_episodes,
     run_target_returns,
+    sample_categorical,
     summarise,
     target_key,
 )
@@ -255,6 +256,46 @@ def test_batched_rollouts_match_one_at_a_time(probe: bool):
         # Episodes of different lengths: batched, they finish out of task order.
         assert len({e.length for e in sequential.values()}) > 1
         assert runs[len(tasks)][2] != tasks
+
+
+def test_sample_categorical_inverts_the_softmax_cdf():
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]] * 4))
+    np.testing.assert_array_equal(
+        sample_categorical(logits, np.array([0.0, 0.19, 0.69, 0.999999])), [0, 0, 1, 2]
+    )
+    draws = sample_categorical(
+        logits[:1].expand(20_000, 3), np.random.default_rng(0).random(20_000)
+    )
+    np.testing.assert_allclose(np.bincount(draws) / 20_000, [0.2, 0.5, 0.3], atol=0.01)
+
+
+def test_discrete_actions_are_sampled_per_episode_stream():
+    """DT's Atari evaluation samples from the softmax; each episode draws from its own stream,
+    so batching changes no action, and argmax remains an option."""
+    env_id = "CartPole-v1"
+    tasks = [EpisodeTask(t, i, episode_seed(SEED, i)) for i in range(3) for t in (100.0, 20.0)]
+
+    def rollouts(num_envs: int, sample: bool) -> list:
+        config = (
+            lamo_config(num_env_runners=0, num_envs=num_envs, targets=[100.0, 20.0])
+            .environment(env_id)
+            .training(sample_discrete_actions=sample)
+        )
+        torch.manual_seed(0)
+        module = config.get_rl_module_spec(env=gym.make(env_id), inference_only=True).build()
+        log: list = []
+        envs = [RecordedActions(gym.make(env_id), log) for _ in range(num_envs)]
+        run_episodes(module, envs, tasks, config)
+        return [np.asarray(actions) for _, actions in log]
+
+    sampled = rollouts(1, sample=True)
+    for alone, batched in zip(sampled, rollouts(len(tasks), sample=True), strict=True):
+        np.testing.assert_array_equal(alone, batched)
+    greedy = rollouts(1, sample=False)
+    assert any(len(a) != len(b) or (a != b).any() for a, b in zip(sampled, greedy, strict=True))
+    # A random-init policy is near uniform: its greedy choice is mostly one action per state
+    # region, its samples take both.
+    assert all(set(np.unique(actions)) == {0, 1} for actions in sampled if len(actions) > 8)
 
 
 def test_remote_runners_match_reference_rollouts(ray_cluster):
